@@ -1,0 +1,1 @@
+"""DPIR model core in plain PyTorch. Never imports ComfyUI."""
