@@ -120,13 +120,15 @@ def global_summary(global_image: torch.Tensor, encoder1: VisionEncoder, encoder2
 
 
 def visual_prompt(local_image: torch.Tensor, global_image: torch.Tensor, encoder1: VisionEncoder,
-                  encoder2: VisionEncoder, context_width: int, tile: int = GLOBAL_TILE,
+                  encoder2: VisionEncoder, context_width: int | None = None, tile: int = GLOBAL_TILE,
                   overlap: int = GLOBAL_OVERLAP, length: int = VISUAL_TOKENS,
                   global_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Visual tokens (B, 77, context_width) and pooled vector (B, P) of a local patch in its global view.
 
-    Images are (B, 3, H, W) in [0, 1]. ``global_tokens`` may be passed in when
-    they were computed once for several local patches of one image.
+    Images are (B, 3, H, W) in [0, 1]. ``context_width`` None keeps the pooled
+    width (padding to the T5 width then happens in ``dual_context``'s caller).
+    ``global_tokens`` may be passed in when they were computed once for
+    several local patches of one image.
     """
     for name, im in (("local image", local_image), ("global image", global_image)):
         if im.ndim != 4 or im.shape[1] != 3:
@@ -136,7 +138,7 @@ def visual_prompt(local_image: torch.Tensor, global_image: torch.Tensor, encoder
         global_tokens = global_summary(global_image, encoder1, encoder2, tile, overlap)
     if global_tokens.shape[0] != pooled.shape[0]:
         global_tokens = global_tokens.expand(pooled.shape[0], -1, -1)
-    return visual_tokens(hidden1, global_tokens, context_width, length), pooled
+    return visual_tokens(hidden1, global_tokens, context_width or pooled.shape[-1], length), pooled
 
 
 def zero_prompt(context: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

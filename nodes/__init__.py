@@ -2,7 +2,7 @@
 import importlib
 
 # Order = order in the node menu.
-_MODULES = ("loaders", "robust_encode", "visual_prompt", "text_prompt", "lq_injection", "sampler", "colour_fix")
+_MODULES = ("loaders", "robust_encode", "visual_prompt", "text_prompt", "dual_prompt", "lq_injection", "sampler", "colour_fix")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -1,0 +1,34 @@
+"""Colour fix of the restored image against the LQ image, once, on the whole image."""
+from __future__ import annotations
+
+from ..models.colour_fix import COLOUR_FIX_METHODS, colour_fix
+from .images import to_bchw, to_bhwc
+
+
+class DPIRColourFix:
+    DESCRIPTION = ("Gives the restored image the LQ image's colours (wavelet: keep the restored details, take the "
+                   "LQ's low frequencies — the released default; adain: match per-channel mean and std). Also crops "
+                   "the output back to the exact LQ size (the encoder pads to multiples of 16).")
+    CATEGORY = "DPIR"
+    FUNCTION = "fix"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "the decoded restoration"}),
+            "lq_image": ("IMAGE", {"tooltip": "'lq_image' of 'DPIR Robust VAE Encode'"}),
+            "method": (list(COLOUR_FIX_METHODS), {"default": "wavelet"}),
+        }}
+
+    def fix(self, image, lq_image, method):
+        content, style = to_bchw(image, "image"), to_bchw(lq_image, "LQ image")
+        h, w = style.shape[-2:]
+        ch, cw = content.shape[-2:]
+        if ch >= h and cw >= w and ch - h < 16 and cw - w < 16:  # the encoder's padding
+            content = content[:, :, :h, :w]
+        return (to_bhwc(colour_fix(content, style, method)),)
+
+
+NODE_CLASS_MAPPINGS = {"DPIRColourFix": DPIRColourFix}
+NODE_DISPLAY_NAME_MAPPINGS = {"DPIRColourFix": "DPIR Colour Fix"}

@@ -1,0 +1,139 @@
+"""LQ condition injection: a MODEL patch on SD3's first joint block.
+
+The branch features are computed once per image here; at sampling time they
+travel as a conditioning model-cond (so ComfyUI's batching, CFG and area
+crops apply to them), reach the model through an APPLY_MODEL wrapper, and are
+cross-normalised and added after joint block 0 by a double_block replace patch.
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.conds
+import comfy.model_base
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.utils
+
+from ..models.errors import DPIRInputError, DPIRModelError
+from ..models.lq_condition import inject, token_grid
+
+KEY = "dpir_lq"
+
+
+class CONDTokenGrid(comfy.conds.CONDRegular):
+    """LQ features as a (B, C, rows, cols) token grid; area conds (latent px) are cropped at token resolution."""
+
+    def process_cond(self, batch_size, area, **kwargs):
+        data = self.cond
+        if area is not None:
+            h, w, y, x = area[:4]
+            y0, x0 = y // 2, x // 2
+            rows, cols = token_grid(h, w)
+            data = data[:, :, y0:y0 + rows, x0:x0 + cols]
+        return self._copy_with(comfy.utils.repeat_to_batch_size(data, batch_size))
+
+
+class LQInjection:
+    """Everything the patch needs; shared by clones (no weights, no deep copies)."""
+
+    def __init__(self, features: torch.Tensor, strength: float, sigma_start: float, sigma_end: float):
+        self.features, self.strength = features, strength
+        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def attach_conds(self, executor, *args, **kwargs):
+        """OUTER_SAMPLE wrapper: put the features into every positive/negative cond."""
+        guider = executor.class_obj
+        for conds in guider.conds.values():
+            for c in conds:
+                c["model_conds"] = {**c.get("model_conds", {}), KEY: CONDTokenGrid(self.features)}
+        return executor(*args, **kwargs)
+
+    def route(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        """APPLY_MODEL wrapper: move the batched features into transformer_options (SD3 drops extra kwargs)."""
+        grid = kwargs.pop(KEY, None)
+        if grid is not None:
+            transformer_options = {**transformer_options, KEY: grid}
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+    def __call__(self, args, extra):
+        """double_block 0 replace patch."""
+        out = extra["original_block"](args)
+        opts = args["transformer_options"]
+        grid = opts.get(KEY)
+        if grid is None:
+            raise DPIRInputError("the DPIR LQ condition did not reach the model: sample with a core sampler "
+                                 "(KSampler, SamplerCustomAdvanced) or the DPIR sampler patch")
+        sigma = float(opts["sigmas"].max()) if "sigmas" in opts else self.sigma_start
+        if not (self.sigma_end <= sigma <= self.sigma_start) or self.strength == 0:
+            return out
+        img = out["img"]
+        c = grid.flatten(2).transpose(1, 2).to(device=img.device, dtype=img.dtype)
+        if c.shape[1] != img.shape[1]:
+            raise DPIRInputError(
+                f"the LQ latent gives {c.shape[1]} tokens but the sampled latent has {img.shape[1]}: wire the "
+                "'lq_latent' of 'DPIR Robust VAE Encode' (or a latent of the same size) into the sampler")
+        out["img"] = inject(img, c, self.strength)
+        return out
+
+
+class DPIRApplyLQCondition:
+    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image), "
+                   "cross-normalised to the image tokens after the first joint block and added, as DPIR does. "
+                   "Strength 0 gives plain SD3; start/end limit it to part of the schedule.")
+    CATEGORY = "DPIR"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "the DPIR model from 'DPIR Model Loader'"}),
+            "lq_branch": ("DPIR_LQ_BRANCH", {"tooltip": "the LQ branch from 'DPIR Model Loader'"}),
+            "lq_latent": ("LATENT", {"tooltip": "'lq_latent' of 'DPIR Robust VAE Encode'"}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        }}
+
+    def apply(self, model, lq_branch, lq_latent, strength, start_percent, end_percent):
+        base = getattr(model, "model", None)
+        if not isinstance(base, comfy.model_base.SD3):
+            raise DPIRModelError(f"'model' is {type(base).__name__}, not SD3: wire the MODEL of 'DPIR Model Loader'")
+        if not hasattr(lq_branch, "module"):
+            raise DPIRInputError("'lq_branch' must come from 'DPIR Model Loader'")
+        hidden = base.diffusion_model.x_embedder.proj.out_channels
+        if lq_branch.hidden != hidden:
+            raise DPIRModelError(f"the LQ branch is {lq_branch.hidden} wide but the model {hidden}: load both "
+                                 "from the same DPIR checkpoint")
+        existing = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        if isinstance(existing.get(("double_block", 0)), LQInjection):
+            raise DPIRInputError("this MODEL already has a DPIR LQ condition: use one 'DPIR Apply LQ Condition' per model")
+        samples = lq_latent.get("samples") if isinstance(lq_latent, dict) else None
+        if samples is None or samples.ndim != 4 or samples.shape[1] != lq_branch.module.latent_channels:
+            shape = None if samples is None else tuple(samples.shape)
+            raise DPIRInputError(f"'lq_latent' must be a 16-channel SD3 latent, got {shape}: wire 'lq_latent' of "
+                                 "'DPIR Robust VAE Encode' (a 4-channel SD1.5/SDXL VAE will not do)")
+        if start_percent > end_percent:
+            raise DPIRInputError(f"start_percent {start_percent} is after end_percent {end_percent}")
+        comfy.model_management.load_models_gpu([lq_branch.patcher])
+        z = base.latent_format.process_in(samples.float())
+        device = lq_branch.patcher.load_device
+        dtype = next(lq_branch.module.parameters()).dtype
+        with torch.no_grad():
+            grid = lq_branch.module.control_conv(z.to(device=device, dtype=dtype))
+        sampling = model.get_model_object("model_sampling")
+        patch = LQInjection(grid, strength, float(sampling.percent_to_sigma(start_percent)),
+                            float(sampling.percent_to_sigma(end_percent)))
+        m = model.clone()
+        m.set_model_patch_replace(patch, "dit", "double_block", 0)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, patch.attach_conds)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.route)
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS = {"DPIRApplyLQCondition": DPIRApplyLQCondition}
+NODE_DISPLAY_NAME_MAPPINGS = {"DPIRApplyLQCondition": "DPIR Apply LQ Condition"}

@@ -1,0 +1,115 @@
+"""Where each model file goes and where it comes from: one source of truth.
+
+The loaders' file lists, their "file missing" errors, the in-node guidance
+of the web extension and the README's table all read ``MODEL_FILES``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+from ..models.checkpoints import WEIGHT_SUFFIXES
+from ..models.errors import DPIRModelError
+
+DPIR_FOLDER = "dpir"
+DPIR_EXTENSIONS = set(WEIGHT_SUFFIXES) | {".json"}
+
+MODEL_FILES = {
+    "dpir_transformer": {
+        "folder": DPIR_FOLDER,
+        "what": "DPIR transformer (SD3-medium fine-tuned, with the LQ branch control_conv)",
+        "expected": "the 'transformer' folder of the DPIR reproduction checkpoints (config.json + "
+                    "diffusion_pytorch_model*.safetensors), or one .safetensors/.pth made from it",
+        "source": "Hugging Face: DehongKong/dpir (linked from github.com/kongdehong/DPIR)",
+    },
+    "robust_vae": {
+        "folder": DPIR_FOLDER,
+        "what": "DPIR robust ('denoise') VAE: SD3 VAE with a degradation-robust encoder",
+        "expected": "the robust VAE folder of the DPIR checkpoints (config.json + diffusion_pytorch_model.safetensors), "
+                    "or its single file / encoder-only file",
+        "source": "Hugging Face: DehongKong/dpir",
+    },
+    "sd3_vae": {
+        "folder": "vae",
+        "what": "stock SD3 VAE (its decoder decodes DPIR's output)",
+        "expected": "sd3_vae.safetensors (the 'vae' of Stable Diffusion 3 medium)",
+        "source": "Hugging Face: stabilityai/stable-diffusion-3-medium (vae/diffusion_pytorch_model.safetensors)",
+    },
+    "clip_vision_local": {
+        "folder": "clip_vision",
+        "what": "visual encoder 1 (local tokens): CLIP ViT-B/32 geometry in the released code",
+        "expected": "clip_vit_b32.safetensors (model.safetensors of openai/clip-vit-base-patch32)",
+        "source": "Hugging Face: openai/clip-vit-base-patch32",
+    },
+    "clip_vision_summary": {
+        "folder": "clip_vision",
+        "what": "visual encoder 2 (image embeds): CLIP ViT-bigG/14",
+        "expected": "clip_vision_g.safetensors (ComfyUI's CLIP-G vision model) or a ViT-bigG-14 open_clip file",
+        "source": "Hugging Face: laion/CLIP-ViT-bigG-14-laion2B-39B-b160k, or comfyanonymous/clip_vision_g",
+    },
+    "t5xxl": {
+        "folder": "text_encoders",
+        "what": "T5-XXL text encoder (load with the core 'Load CLIP' node, type sd3)",
+        "expected": "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors",
+        "source": "Hugging Face: comfyanonymous/flux_text_encoders (or the SD3 text_encoders folder)",
+    },
+    "t5_embedding": {
+        "folder": DPIR_FOLDER,
+        "what": "precomputed T5 prompt embedding (optional; spares loading T5-XXL)",
+        "expected": "a .safetensors or .pt holding one (1, 256, 4096) tensor",
+        "source": "made with the 'DPIR Save T5 Embedding' node, or the DPIR release's default prompt embedding",
+    },
+}
+
+
+def register_folders() -> None:
+    """Add ``models/dpir`` (extra_model_paths.yaml may add more paths under the key ``dpir``)."""
+    default = os.path.join(folder_paths.models_dir, DPIR_FOLDER)
+    paths, exts = folder_paths.folder_names_and_paths.get(DPIR_FOLDER, ([], set()))
+    if default not in paths:
+        paths = paths + [default]
+    folder_paths.folder_names_and_paths[DPIR_FOLDER] = (paths, set(exts) | DPIR_EXTENSIONS)
+
+
+def guidance(kind: str) -> str:
+    f = MODEL_FILES[kind]
+    where = ", ".join(folder_paths.get_folder_paths(f["folder"])) if f["folder"] in folder_paths.folder_names_and_paths else f["folder"]
+    return f"{f['what']}: put {f['expected']} into ComfyUI/models/{f['folder']}/ ({where}). Source: {f['source']}."
+
+
+def list_models(folder: str) -> list[str]:
+    """Files of a model folder, a diffusers folder listed once as ``name/`` instead of its parts."""
+    out = set()
+    for base in folder_paths.get_folder_paths(folder):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            rel = os.path.relpath(root, base)
+            if "config.json" in files and any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+                out.add("" if rel == "." else rel.replace(os.sep, "/") + "/")
+                dirs[:] = []
+                continue
+            for f in files:
+                if f.lower().endswith(WEIGHT_SUFFIXES):
+                    out.add(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}")
+    out.discard("")
+    return sorted(out)
+
+
+def resolve(folder: str, name: str, kind: str) -> Path:
+    """Full path of a listed model, refusing names that escape the model folders."""
+    if not name or name == "none":
+        raise DPIRModelError(f"no file selected. {guidance(kind)}")
+    for base in folder_paths.get_folder_paths(folder):
+        base_real = Path(base).resolve()
+        candidate = Path(base, name.rstrip("/"))
+        real = candidate.resolve()
+        if real != base_real and base_real not in real.parents:
+            raise DPIRModelError(f"refusing '{name}': it points outside the model folder {base} "
+                                 "(a '..' path or a symbolic link to elsewhere); move the file into the folder, or add "
+                                 "its real folder to extra_model_paths.yaml")
+        if candidate.exists():
+            return candidate
+    raise DPIRModelError(f"model file '{name}' was not found. {guidance(kind)}")
