@@ -151,7 +151,7 @@ def load_clip_vision(path: Path):
     sidecar = None
     if path.is_dir():
         sidecar = path / "config.json"
-        path = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.exists()), path)
+        path = next((p for p in (path / "model.safetensors",) if p.exists()), path)
     sd, _, _ = read_weights(path)
     if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
         sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")

@@ -80,21 +80,20 @@ def guidance(kind: str) -> str:
 
 
 def list_models(folder: str) -> list[str]:
-    """Files of a model folder, a diffusers folder listed once as ``name/`` instead of its parts."""
+    """Weight files of a model folder; a diffusers folder is listed once, by its index or weights file."""
     out = set()
     for base in folder_paths.get_folder_paths(folder):
         if not os.path.isdir(base):
             continue
-        for root, dirs, files in os.walk(base, followlinks=True):
-            rel = os.path.relpath(root, base)
-            if "config.json" in files and any(f.endswith(WEIGHT_SUFFIXES) for f in files):
-                out.add("" if rel == "." else rel.replace(os.sep, "/") + "/")
-                dirs[:] = []
+        for root, _, files in os.walk(base, followlinks=True):
+            rel = os.path.relpath(root, base).replace(os.sep, "/")
+            prefix = "" if rel == "." else rel + "/"
+            if "config.json" in files:
+                index = [f for f in files if f.endswith(".safetensors.index.json")]
+                weights = index or sorted(f for f in files if f.lower().endswith(WEIGHT_SUFFIXES))[:1]
+                out.update(prefix + f for f in weights)
                 continue
-            for f in files:
-                if f.lower().endswith(WEIGHT_SUFFIXES):
-                    out.add(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}")
-    out.discard("")
+            out.update(prefix + f for f in files if f.lower().endswith(WEIGHT_SUFFIXES))
     return sorted(out)
 
 
