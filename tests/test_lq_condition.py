@@ -12,7 +12,7 @@ from dpir_pack.models.restore import LQHook
 @pytest.fixture(scope="module")
 def tiny():
     spec = tiny_models.TinySpec()
-    return tiny_models.build_transformer(spec, seed=0), spec
+    return (tiny_models.build_transformer(spec), tiny_models.control_conv_state_dict(spec)), spec
 
 
 def run(transformer, x, ctx, pooled, t=500.0):
