@@ -23,14 +23,15 @@ def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
 
     The same steps as Hugging Face's ``CLIPImageProcessor`` and ComfyUI's
     ``clip_preprocess``, done in torch on the images' device (the HF
-    processor resamples with PIL on uint8, which differs by rounding).
+    processor resamples differently, which differs by interpolation error).
     """
     _, _, h, w = images.shape
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     x = F.interpolate(images.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
     top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[:, :, top:top + size, left:left + size].clamp(0, 1)
+    # 8-bit quantisation: the released code preprocesses uint8 PIL images (ComfyUI rounds the same way)
+    x = (x[:, :, top:top + size, left:left + size].clamp(0, 1) * 255).round() / 255
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std

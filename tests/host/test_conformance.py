@@ -1,0 +1,177 @@
+"""Conformance: the pack's nodes inside ComfyUI against the independent diffusers reference.
+
+Runs ComfyUI in this process (CPU, fp32) on tiny official-format files.
+Tolerances: ComfyUI's MMDiT and diffusers' SD3Transformer2DModel are different
+implementations of the same network (fused vs split q/k/v, their own
+attention calls), so fp32 results agree to float rounding (~1e-6 relative)
+compounded over the sampling steps; we allow 1e-4.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+import reference
+import tiny_models as tm
+from host.comfy_harness import PACK_NAME, PACK_ROOT, find_comfyui
+
+SPEC = tm.TinySpec()
+HOST = find_comfyui()
+pytestmark = pytest.mark.skipif(HOST.path is None, reason=f"no ComfyUI host: {HOST.reason}")
+
+
+@pytest.fixture(scope="module")
+def pack_nodes(tmp_path_factory):
+    """ComfyUI imported in-process with a models folder of tiny files, and the pack loaded as ComfyUI loads it."""
+    base = tmp_path_factory.mktemp("comfy_base")
+    models = base / "models"
+    tm.write_transformer_folder(models / "dpir" / "transformer", SPEC)
+    tm.write_vae_folder(models / "dpir" / "robust_vae", SPEC, robust=True, full=True)
+    tm.write_vae_file(models / "vae" / "sd3_vae.safetensors", SPEC, full=True)
+    tm.write_clip_vision_folder(models / "clip_vision" / "clip_b32", SPEC, which=1)
+    tm.write_clip_vision_folder(models / "clip_vision" / "clip_bigg", SPEC, which=2)
+    (base / "custom_nodes").mkdir()
+    argv = sys.argv
+    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-api-nodes"]
+    sys.path.insert(0, str(HOST.path))
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses sys.argv once)
+        import folder_paths
+
+        assert folder_paths.models_dir == str(models), "ComfyUI was already imported with another base directory"
+        spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(PACK_ROOT)])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = pack
+        spec.loader.exec_module(pack)
+        yield pack.NODE_CLASS_MAPPINGS
+    finally:
+        sys.argv = argv
+
+
+@pytest.fixture(scope="module")
+def diffusers_models(pack_nodes):
+    from diffusers import SD3Transformer2DModel
+
+    return {"transformer": tm.build_transformer(SPEC), "control_conv": tm.control_conv_state_dict(SPEC),
+            "vae": tm.build_vae(SPEC, robust=True, full=True), "SD3Transformer2DModel": SD3Transformer2DModel}
+
+
+def reference_sample(transformer, control_sd, z_lq_raw, context, pooled, steps, seed, cfg, strength):
+    """Official sampling loop (diffusers scheduler + hook), returning the VAE-space latent."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    z_lq = (z_lq_raw - SPEC.vae_shift_factor) * SPEC.vae_scaling_factor
+    conv = reference.control_conv_from_weights(control_sd)
+    latents = torch.randn(z_lq.shape, generator=torch.Generator("cpu").manual_seed(seed))
+    if cfg > 1:
+        context, pooled = torch.cat([torch.zeros_like(context), context]), torch.cat([torch.zeros_like(pooled), pooled])
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(steps)
+    handle = reference.attach_lq_hook(transformer, conv, {"z_lq": z_lq, "scale": strength})
+    try:
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = torch.cat([latents] * 2) if cfg > 1 else latents
+                v = transformer(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
+                                timestep=t.expand(x.shape[0])).sample
+                if cfg > 1:
+                    u, c = v.chunk(2)
+                    v = u + cfg * (c - u)
+                latents = scheduler.step(v, t, latents).prev_sample
+    finally:
+        handle.remove()
+    return latents / SPEC.vae_scaling_factor + SPEC.vae_shift_factor
+
+
+def comfy_sample(nodes, z_lq_raw, context, pooled, steps, seed, cfg, strength):
+    import comfy.sample
+
+    model, branch = nodes["DPIRModelLoader"]().load("transformer/diffusion_pytorch_model.safetensors", "default")
+    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z_lq_raw}, strength, 0.0, 1.0)[0]
+    _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(
+        patched, [[context, {"pooled_output": pooled}]], steps, cfg, 3.0)
+    latent = torch.zeros_like(z_lq_raw)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return guider.sample(noise, latent, sampler, sigmas, seed=seed)
+
+
+def inputs(seed=0, h=8, w=12):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, 16, h, w, generator=g), torch.randn(1, 333, SPEC.joint_attention_dim, generator=g),
+            torch.randn(1, SPEC.pooled_projection_dim, generator=g))
+
+
+@pytest.mark.parametrize("steps,cfg,strength", [(1, 1.0, 1.0), (4, 1.0, 1.0), (4, 3.0, 0.7), (2, 1.0, 0.0)])
+def test_sampling_equals_reference(pack_nodes, diffusers_models, steps, cfg, strength):
+    z, ctx, pooled = inputs()
+    ours = comfy_sample(pack_nodes, z, ctx, pooled, steps, 11, cfg, strength)
+    theirs = reference_sample(diffusers_models["transformer"], diffusers_models["control_conv"], z, ctx, pooled,
+                              steps, 11, cfg, strength)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    if strength:
+        plain = reference_sample(diffusers_models["transformer"], diffusers_models["control_conv"], z, ctx, pooled,
+                                 steps, 11, cfg, 0.0)
+        assert (ours - plain).abs().max() > 1e-2  # the LQ condition is active inside ComfyUI
+
+
+def test_odd_latent_and_batch_of_two(pack_nodes, diffusers_models):
+    """Odd token grids are padded by ComfyUI; two LQ images in one batch stay with their own sample."""
+    z1, ctx, pooled = inputs(1, 9, 11)
+    z2 = inputs(2, 9, 11)[0]
+    both = comfy_sample(pack_nodes, torch.cat([z1, z2]), ctx, pooled, 2, 5, 1.0, 1.0)
+    first = comfy_sample(pack_nodes, z1, ctx, pooled, 2, 5, 1.0, 1.0)
+    assert both.shape == (2, 16, 9, 11) and torch.isfinite(both).all()
+    # the batch's noise starts with the batch-1 noise (one generator), so sample 0 must equal the lone run:
+    # its LQ features and statistics never mix with sample 1's
+    torch.testing.assert_close(both[:1], first, rtol=1e-5, atol=1e-5)
+    assert (both[1] - both[0]).abs().max() > 1e-2
+
+
+def test_robust_vae_encode_and_decode_equal_diffusers(pack_nodes, diffusers_models):
+    import comfy.sd
+    import comfy.utils
+
+    stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(_models_dir() / "vae" / "sd3_vae.safetensors")))
+    vae = pack_nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
+    image = torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(3))  # padded to 48×64 inside
+    latent, lq, decoded = pack_nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0)
+    assert lq.shape == image.shape and decoded.shape == image.shape
+    ref = diffusers_models["vae"]
+    padded = torch.nn.functional.pad(image.movedim(-1, 1), (0, 8, 0, 8), mode="replicate")
+    with torch.no_grad():
+        z = ref.encode(padded * 2 - 1).latent_dist.mode()
+        img = ((ref.decode(z).sample + 1) / 2).clamp(0, 1)[:, :, :40, :56].movedim(1, -1)
+    torch.testing.assert_close(latent["samples"], z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(decoded, img, rtol=1e-4, atol=1e-4)
+
+
+def test_visual_prompt_node_equals_core(pack_nodes):
+    from dpir_pack.models.dual_prompt import visual_prompt
+    from dpir_pack.models.visual_encoders import load_hf_vision_encoder
+
+    load = pack_nodes["DPIRCLIPVisionLoader"]().load
+    clip1, clip2 = load("clip_b32/model.safetensors")[0], load("clip_bigg/model.safetensors")[0]
+    image = torch.rand(2, 64, 96, 3, generator=torch.Generator().manual_seed(4))
+    cond = pack_nodes["DPIRVisualPrompt"]().encode(clip1, clip2, image)[0]
+    tokens, pooled = cond[0][0], cond[0][1]["pooled_output"]
+    enc1 = load_hf_vision_encoder(_models_dir() / "clip_vision" / "clip_b32")
+    enc2 = load_hf_vision_encoder(_models_dir() / "clip_vision" / "clip_bigg")
+    img = image.movedim(-1, 1)
+    ref_tokens, ref_pooled = visual_prompt(img, img, enc1, enc2)
+    assert tokens.shape == (2, 77, SPEC.pooled_projection_dim)
+    torch.testing.assert_close(tokens, ref_tokens, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pooled, ref_pooled, rtol=1e-4, atol=1e-4)
+
+
+def _models_dir():
+    import folder_paths
+    from pathlib import Path
+
+    return Path(folder_paths.models_dir)
