@@ -1,0 +1,130 @@
+"""Fixtures for tests that run the pack inside a real ComfyUI server.
+
+Fixtures (session scope):
+
+* ``comfyui_path`` -- the ComfyUI checkout (skips the test when there is none);
+* ``start_server`` -- factory ``start_server(models=None, inputs=None,
+  extra_model_paths=None, extra_args=(), fresh=False) -> Server``; the same
+  arguments give the same (already running) server unless ``fresh``; all are
+  stopped at the end of the session;
+* ``comfy_server`` -- a bare server (no model files), shared;
+* ``object_info`` -- its ``GET /object_info``;
+* ``workflow_api`` -- ``nodes/workflow_api.py`` loaded stand-alone (no host needed).
+
+Every test using one of the host fixtures gets the ``host`` marker and is
+skipped, with a banner in the terminal summary, when no ComfyUI is found
+(``$COMFYUI_PATH``, a folder above the pack, or ``~/comfy/ComfyUI``). When a
+host test fails, the tail of the server log is added to its report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .comfy_harness import PACK_NAME, Server, find_comfyui, load_workflow_api
+from .comfy_harness import start_server as _start_server
+
+HOST = find_comfyui()
+HOST_FIXTURES = frozenset({"comfyui_path", "start_server", "comfy_server", "object_info"})
+_skipped_for_host: list[str] = []
+_servers: list[Server] = []  # running ones
+_started: list[str] = []  # urls of all started this session
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "host: needs a real ComfyUI (skipped, loudly, without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = f"HOST TESTS SKIPPED: {HOST.reason} -- set COMFYUI_PATH to a ComfyUI checkout"
+    for item in items:
+        if not HOST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            continue
+        item.add_marker(pytest.mark.host)
+        if HOST.path is None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+            _skipped_for_host.append(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = set(_skipped_for_host)
+    for rep in terminalreporter.stats.get("skipped", []):  # other host tests' own skipif(no ComfyUI)
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) and len(rep.longrepr) == 3 else str(rep.longrepr)
+        if "ComfyUI" in str(reason) and ("no ComfyUI" in str(reason) or "HOST TESTS SKIPPED" in str(reason)):
+            skipped.add(rep.nodeid)
+    if HOST.path is None and skipped:
+        tr = terminalreporter
+        tr.write_line("")
+        tr.write_sep("!", "HOST TESTS SKIPPED: no ComfyUI found", red=True, bold=True)
+        for line in (
+            f"{len(skipped)} test(s) that run the pack inside a real ComfyUI did NOT run.",
+            f"Reason: {HOST.reason}.",
+            "To run them, set COMFYUI_PATH to a ComfyUI source checkout (with its requirements",
+            "installed), e.g.  COMFYUI_PATH=~/comfy/ComfyUI python -m pytest tests/host",
+            "or install the pack as ComfyUI/custom_nodes/" + PACK_NAME + ".",
+        ):
+            tr.write_line("!!! " + line, red=True, bold=True)
+        tr.write_sep("!", red=True, bold=True)
+    elif HOST.path is not None and _started:
+        terminalreporter.write_line(f"host tests: {len(_started)} ComfyUI server(s) from {HOST.path} ({HOST.reason})")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and HOST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        for srv in _servers:
+            rep.sections.append((f"ComfyUI server log tail ({srv.url}, {srv.log_path})", srv.log_tail(80)))
+
+
+@pytest.fixture(scope="session")
+def comfyui_path() -> Path:
+    if HOST.path is None:
+        pytest.skip(f"HOST TESTS SKIPPED: {HOST.reason}")
+    return HOST.path
+
+
+def _key(value):
+    """A hashable, order-stable key for start_server arguments."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@pytest.fixture(scope="session")
+def start_server(comfyui_path, tmp_path_factory):
+    cache: dict[str, Server] = {}
+
+    def start(models=None, inputs=None, extra_model_paths=None, extra_args=(), fresh=False) -> Server:
+        key = _key([models, inputs, extra_model_paths, list(extra_args)])
+        srv = cache.get(key)
+        if srv is not None and not fresh and srv.proc is not None and srv.proc.poll() is None:
+            return srv
+        base = tmp_path_factory.mktemp("comfy-base")
+        srv = _start_server(comfyui_path, base, models=models, inputs=inputs,
+                            extra_model_paths=extra_model_paths, extra_args=extra_args)
+        _servers.append(srv)
+        _started.append(srv.url)
+        if not fresh:
+            cache[key] = srv
+        return srv
+
+    yield start
+    while _servers:
+        _servers.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(start_server) -> Server:
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server) -> dict:
+    return comfy_server.object_info()
+
+
+@pytest.fixture(scope="session")
+def workflow_api():
+    return load_workflow_api()
