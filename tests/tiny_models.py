@@ -56,6 +56,7 @@ __all__ = [
     "control_conv_state_dict",
     "build_transformer",
     "build_control_conv",
+    "mmdit_state_dict",
     "transformer_config",
     "vae_state_dict",
     "vae_config",
@@ -221,6 +222,18 @@ class TinySpec:
 # ---------------------------------------------------------------------------
 
 
+class _keep_global_rng:
+    """Model constructors draw from the global RNG (their default init); the
+    factory must not disturb a test's seeded global RNG."""
+
+    def __enter__(self):
+        self._state = torch.random.get_rng_state()
+
+    def __exit__(self, *exc):
+        torch.random.set_rng_state(self._state)
+        return False
+
+
 def _component_seed(spec: TinySpec, component: str) -> int:
     h = hashlib.sha256(f"{spec.seed}:{component}".encode()).digest()
     return int.from_bytes(h[:7], "little")
@@ -272,6 +285,8 @@ def _random_state_dict(
                 for d in shape[1:]:
                     fan_in *= d
                 val.mul_(min(max(fan_in**-0.5, spec.init_std_min), spec.init_std_max))
+            elif p.ndim == 0:  # CLIPModel.logit_scale: its real init ln(1/0.07) + noise
+                val.mul_(spec.bias_std).add_(2.6592 if name == "logit_scale" else 0.0)
             elif name == "bias":
                 val.mul_(spec.bias_std)
             else:  # other 1-D parameters, e.g. CLIP class_embedding
@@ -290,11 +305,12 @@ def _random_state_dict(
     return out
 
 
-def _clone(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # A new dict over the same (cached) tensors. Allocations are very slow on
-    # some sandboxed CPUs, so tensors are shared, not copied: treat them as
-    # read-only (``load_state_dict`` copies them anyway).
-    return dict(sd)
+def _clone(sd: dict[str, torch.Tensor], copy: bool = True) -> dict[str, torch.Tensor]:
+    """A new dict; with ``copy`` also new tensors. Internal writers pass
+    ``copy=False`` and share the cached tensors (allocation is slow on some
+    sandboxed CPUs); public getters copy, because callers (e.g. ComfyUI's
+    ``convert_diffusers_mmdit``) may write into the tensors they are given."""
+    return {k: v.clone() for k, v in sd.items()} if copy else dict(sd)
 
 
 def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -372,11 +388,8 @@ def _new_control_conv(spec: TinySpec, out_channels: int | None = None) -> nn.Seq
 
 @functools.lru_cache(maxsize=None)
 def _transformer_sd(spec: TinySpec) -> dict[str, torch.Tensor]:
-    torch_state = torch.random.get_rng_state()
-    try:
+    with _keep_global_rng():
         model = _new_sd3(spec)
-    finally:
-        torch.random.set_rng_state(torch_state)
     return _random_state_dict(
         model, spec, "transformer", buffer_noise={"pos_embed.pos_embed": spec.pos_embed_noise}
     )
@@ -391,28 +404,38 @@ def _control_sd(spec: TinySpec, out_channels: int | None = None) -> dict[str, to
 
 
 def control_conv_state_dict(
-    spec: TinySpec = TinySpec(), prefix: str = "control_conv.", out_channels: int | None = None
+    spec: TinySpec = TinySpec(), prefix: str = "control_conv.", out_channels: int | None = None, *, copy: bool = True
 ) -> dict[str, torch.Tensor]:
     """The LQ branch weights, keys ``{prefix}{0..5}.{weight,bias}``."""
-    return _prefixed(_clone(_control_sd(spec, out_channels)), prefix)
+    return _prefixed(_clone(_control_sd(spec, out_channels), copy), prefix)
 
 
-def transformer_state_dict(spec: TinySpec = TinySpec(), with_control: bool = True) -> dict[str, torch.Tensor]:
+def transformer_state_dict(
+    spec: TinySpec = TinySpec(), with_control: bool = True, *, copy: bool = True
+) -> dict[str, torch.Tensor]:
     """The DPIR transformer in diffusers names (+ ``control_conv.*`` when asked)."""
-    sd = _clone(_transformer_sd(spec))
+    sd = _clone(_transformer_sd(spec), copy)
     if with_control:
-        sd.update(control_conv_state_dict(spec))
+        sd.update(control_conv_state_dict(spec, copy=copy))
     return sd
+
+
+def mmdit_state_dict(
+    spec: TinySpec = TinySpec(), with_control: bool = True, prefix: str = "", *, copy: bool = True
+) -> dict[str, torch.Tensor]:
+    """The DPIR transformer in SAI/ComfyUI MMDiT names (``control_conv.*`` kept
+    as is), optionally prefixed (e.g. ``"model.diffusion_model."``)."""
+    sd = _clone(_mmdit_sd(spec), copy)
+    if with_control:
+        sd.update(control_conv_state_dict(spec, copy=copy))
+    return _prefixed(sd, prefix)
 
 
 def build_transformer(spec: TinySpec = TinySpec(), dtype: torch.dtype = torch.float32):
     """Stock diffusers ``SD3Transformer2DModel`` holding the tiny weights (eval mode)."""
-    torch_state = torch.random.get_rng_state()
-    try:
+    with _keep_global_rng():
         model = _new_sd3(spec)
-    finally:
-        torch.random.set_rng_state(torch_state)
-    model.load_state_dict(transformer_state_dict(spec, with_control=False), strict=True)
+    model.load_state_dict(transformer_state_dict(spec, with_control=False, copy=False), strict=True)
     return model.to(dtype).eval()
 
 
@@ -420,8 +443,11 @@ def build_control_conv(
     spec: TinySpec = TinySpec(), dtype: torch.dtype = torch.float32, out_channels: int | None = None
 ) -> nn.Sequential:
     """The LQ branch as an ``nn.Sequential`` (keys ``0..5``), official layout."""
-    conv = _new_control_conv(spec, out_channels)
-    conv.load_state_dict(control_conv_state_dict(spec, prefix="", out_channels=out_channels), strict=True)
+    with _keep_global_rng():
+        conv = _new_control_conv(spec, out_channels)
+    conv.load_state_dict(
+        control_conv_state_dict(spec, prefix="", out_channels=out_channels, copy=False), strict=True
+    )
     return conv.to(dtype).eval()
 
 
@@ -536,7 +562,7 @@ def diffusers_to_mmdit(
 
 @functools.lru_cache(maxsize=None)
 def _mmdit_sd(spec: TinySpec) -> dict[str, torch.Tensor]:
-    return diffusers_to_mmdit(transformer_state_dict(spec, with_control=False))
+    return diffusers_to_mmdit(transformer_state_dict(spec, with_control=False, copy=False))
 
 
 def write_transformer_folder(
@@ -557,7 +583,7 @@ def write_transformer_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(transformer_config(spec), folder / "config.json")
-    sd = _cast(transformer_state_dict(spec, with_control=with_control), dtype)
+    sd = _cast(transformer_state_dict(spec, with_control=with_control, copy=False), dtype)
     if not sharded:
         _save_safetensors(sd, folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
         return folder
@@ -589,11 +615,9 @@ def write_transformer_file(
     (applied to ``control_conv.*`` too when present).
     """
     if naming == "diffusers":
-        sd = transformer_state_dict(spec, with_control=with_control)
+        sd = transformer_state_dict(spec, with_control=with_control, copy=False)
     elif naming == "mmdit":
-        sd = _clone(_mmdit_sd(spec))
-        if with_control:
-            sd.update(control_conv_state_dict(spec))
+        sd = mmdit_state_dict(spec, with_control=with_control, copy=False)
     else:
         raise ValueError("naming must be 'diffusers' or 'mmdit'")
     return _save_safetensors(_cast(_prefixed(sd, prefix), dtype), path)
@@ -603,7 +627,7 @@ def write_control_conv_file(
     path: str | os.PathLike, spec: TinySpec = TinySpec(), prefix: str = "control_conv.", dtype=torch.float32
 ) -> Path:
     """The LQ branch alone (only ``control_conv.*`` keys by default)."""
-    return _save_safetensors(_cast(control_conv_state_dict(spec, prefix=prefix), dtype), path)
+    return _save_safetensors(_cast(control_conv_state_dict(spec, prefix=prefix, copy=False), dtype), path)
 
 
 def write_transformer_pth(
@@ -615,7 +639,7 @@ def write_transformer_pth(
 ) -> Path:
     """The authors' consolidated ``.pth``: ``torch.save`` of the diffusers-named
     dict incl. ``control_conv``; keys ``module.``-prefixed when asked."""
-    sd = _cast(transformer_state_dict(spec, with_control=with_control), dtype)
+    sd = _cast(transformer_state_dict(spec, with_control=with_control, copy=False), dtype)
     if module_prefix:
         sd = _prefixed(sd, "module.")
     path = Path(path)
@@ -641,7 +665,7 @@ def write_malicious_pth(
     """A ``.pth`` that looks like a transformer state dict but whose unpickling
     writes ``marker`` (via ``builtins.exec``). ``torch.load(weights_only=True)``
     must refuse it and the marker must never appear."""
-    sd: dict[str, object] = dict(control_conv_state_dict(spec))
+    sd: dict[str, object] = dict(control_conv_state_dict(spec, copy=False))
     sd["__payload__"] = _Payload(str(Path(marker).resolve()))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -695,13 +719,16 @@ def _full_vae_cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _vae_part_sd(spec: TinySpec, full: bool, part: str) -> dict[str, torch.Tensor]:
-    """``part``: "stock" (encoder+decoder) or "robust_encoder" (encoder only)."""
+    """``part``: "stock" (encoder+decoder) or "robust_encoder" (encoder only).
+
+    The full-layout VAE is held in float16 (its values are fp16-representable
+    anyway) and cached on disk, so its ~84 M parameters are generated once."""
     cache = None
     if full:
         cache = _full_vae_cache_dir() / f"vae_full_{part}_{spec.digest()}_v1.safetensors"
         if cache.is_file():
             try:
-                return {k: v.float() for k, v in load_file(str(cache)).items()}
+                return load_file(str(cache))
             except Exception:
                 pass
     with torch.device("meta"):
@@ -710,10 +737,11 @@ def _vae_part_sd(spec: TinySpec, full: bool, part: str) -> dict[str, torch.Tenso
     keep = (lambda k: k.startswith("encoder.")) if part == "robust_encoder" else (lambda k: True)
     sd = _random_state_dict(model, spec, component, keep=keep)
     if cache is not None:
+        sd = {k: v.half() for k, v in sd.items()}
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            save_file({k: v.half() for k, v in sd.items()}, str(tmp))
+            save_file(sd, str(tmp))
             os.replace(tmp, cache)
         except OSError:
             pass
@@ -721,22 +749,28 @@ def _vae_part_sd(spec: TinySpec, full: bool, part: str) -> dict[str, torch.Tenso
 
 
 def vae_state_dict(
-    spec: TinySpec = TinySpec(), robust: bool = False, full: bool = False, encoder_only: bool = False
+    spec: TinySpec = TinySpec(), robust: bool = False, full: bool = False, encoder_only: bool = False,
+    *, copy: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """VAE weights in diffusers names. The robust VAE shares the stock decoder
-    and has its own encoder. ``encoder_only`` keeps only ``encoder.*`` keys."""
-    sd = _clone(_vae_part_sd(spec, full, "stock"))
+    """VAE weights in diffusers names (float32 copies). The robust VAE shares
+    the stock decoder and has its own encoder. ``encoder_only`` keeps only
+    ``encoder.*`` keys. (``copy=False``, internal: shared tensors, float16 for
+    the full layout.)"""
+    sd = dict(_vae_part_sd(spec, full, "stock"))
     if robust:
-        sd.update(_clone(_vae_part_sd(spec, full, "robust_encoder")))
+        sd.update(_vae_part_sd(spec, full, "robust_encoder"))
     if encoder_only:
         sd = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    if copy:
+        return {k: v.to(torch.float32, copy=True) for k, v in sd.items()}
     return sd
 
 
 def build_vae(spec: TinySpec = TinySpec(), robust: bool = False, full: bool = False, dtype=torch.float32):
     """Stock diffusers ``AutoencoderKL`` holding the tiny (or full-layout) weights."""
-    model = _new_vae(spec, full)
-    model.load_state_dict(vae_state_dict(spec, robust=robust, full=full), strict=True)
+    with _keep_global_rng():
+        model = _new_vae(spec, full)
+    model.load_state_dict(vae_state_dict(spec, robust=robust, full=full, copy=False), strict=True)
     return model.to(dtype).eval()
 
 
@@ -798,7 +832,7 @@ def write_vae_folder(
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(vae_config(spec, full), folder / "config.json")
     dtype = dtype or (torch.float16 if full else torch.float32)
-    sd = _cast(vae_state_dict(spec, robust=robust, full=full), dtype)
+    sd = _cast(vae_state_dict(spec, robust=robust, full=full, copy=False), dtype)
     _save_safetensors(sd, folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
     return folder
 
@@ -817,7 +851,7 @@ def write_vae_file(
     ComfyUI ``vae/*.safetensors`` names); ``prefix`` e.g. ``"first_stage_model."``;
     ``encoder_only`` keeps only ``encoder.*`` keys (what a robust-encoder
     release would ship)."""
-    sd = vae_state_dict(spec, robust=robust, full=full, encoder_only=encoder_only)
+    sd = vae_state_dict(spec, robust=robust, full=full, encoder_only=encoder_only, copy=False)
     if naming == "ldm":
         n = len(spec.vae_full_block_out_channels if full else spec.vae_block_out_channels)
         sd = diffusers_vae_to_ldm(sd, num_blocks=n)
@@ -838,13 +872,12 @@ def write_sai_checkpoint(
     """An SAI-style all-in-one file: ``model.diffusion_model.*`` (MMDiT names,
     + ``control_conv.*`` under the same prefix) and ``first_stage_model.*``
     (LDM VAE names)."""
-    sd = _clone(_mmdit_sd(spec))
-    if with_control:
-        sd.update(control_conv_state_dict(spec))
-    sd = _prefixed(sd, "model.diffusion_model.")
+    sd = mmdit_state_dict(spec, with_control=with_control, prefix="model.diffusion_model.", copy=False)
     n = len(spec.vae_full_block_out_channels if full_vae else spec.vae_block_out_channels)
     sd.update(
-        diffusers_vae_to_ldm(vae_state_dict(spec, robust=robust_vae, full=full_vae), "first_stage_model.", n)
+        diffusers_vae_to_ldm(
+            vae_state_dict(spec, robust=robust_vae, full=full_vae, copy=False), "first_stage_model.", n
+        )
     )
     dtype = dtype or (torch.float16 if full_vae else torch.float32)
     return _save_safetensors(_cast(sd, dtype), path)
@@ -886,15 +919,18 @@ def _clip_sd(spec: TinySpec, which: int) -> dict[str, torch.Tensor]:
     return _random_state_dict(model, spec, f"clip_vision_{which}")
 
 
-def clip_vision_state_dict(spec: TinySpec = TinySpec(), which: int = 1) -> dict[str, torch.Tensor]:
+def clip_vision_state_dict(
+    spec: TinySpec = TinySpec(), which: int = 1, *, copy: bool = True
+) -> dict[str, torch.Tensor]:
     """HF names: ``vision_model.*`` + ``visual_projection.weight``."""
-    return _clone(_clip_sd(spec, which))
+    return _clone(_clip_sd(spec, which), copy)
 
 
 def build_clip_vision(spec: TinySpec = TinySpec(), which: int = 1, dtype=torch.float32):
     """``CLIPVisionModelWithProjection`` holding the tiny weights (eval mode)."""
-    model = _new_clip(spec, which)
-    missing, unexpected = model.load_state_dict(clip_vision_state_dict(spec, which), strict=False)
+    with _keep_global_rng():
+        model = _new_clip(spec, which)
+    missing, unexpected = model.load_state_dict(clip_vision_state_dict(spec, which, copy=False), strict=False)
     if unexpected or [k for k in missing if not k.endswith("position_ids")]:
         raise RuntimeError(f"CLIP state dict mismatch: missing={missing} unexpected={unexpected}")
     return model.to(dtype).eval()
@@ -959,12 +995,12 @@ _CLIP_PREPROCESSOR = {
 }
 
 
-def _v4_style_config(folder: Path) -> None:
+def _v4_style_config(folder: Path, dtype: torch.dtype) -> None:
     """Make a transformers-5 config.json look like the 4.x ones users have."""
     path = folder / "config.json"
     cfg = json.loads(path.read_text())
-    if "dtype" in cfg:
-        cfg["torch_dtype"] = cfg.pop("dtype")
+    cfg.pop("dtype", None)
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     if "scale_decoder_outputs" in cfg:  # T5: v5 stores 4.x's tie_word_embeddings under this name
         cfg["tie_word_embeddings"] = cfg.pop("scale_decoder_outputs")
     cfg["transformers_version"] = TRANSFORMERS_4_VERSION
@@ -986,7 +1022,7 @@ def write_clip_vision_folder(
     its vision part, which holds the same tensors."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = clip_vision_state_dict(spec, which)
+    sd = clip_vision_state_dict(spec, which, copy=False)
     if full_clip_model:
         from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
 
@@ -1011,7 +1047,7 @@ def write_clip_vision_folder(
         config = clip_vision_config(spec, which)
         config.architectures = ["CLIPVisionModelWithProjection"]
         config.save_pretrained(folder)
-    _v4_style_config(folder)
+    _v4_style_config(folder, dtype)
     _write_json(_CLIP_PREPROCESSOR, folder / "preprocessor_config.json")
     _save_safetensors(_cast(sd, dtype), folder / "model.safetensors", {"format": "pt"})
     return folder
@@ -1028,7 +1064,7 @@ def write_clip_vision_file(
     ``visual_projection.weight``, like ComfyUI's clip_vision files) or
     ``"openai"`` (``visual.conv1.weight``, ``visual.transformer.resblocks.N.attn.
     in_proj_weight``, ``visual.proj``...)."""
-    sd = clip_vision_state_dict(spec, which)
+    sd = clip_vision_state_dict(spec, which, copy=False)
     if naming == "openai":
         sd = hf_clip_vision_to_openai(sd)
     elif naming != "hf":
@@ -1092,10 +1128,12 @@ def _t5_sd(spec: TinySpec) -> dict[str, torch.Tensor]:
     return _random_state_dict(model, spec, "t5")
 
 
-def t5_state_dict(spec: TinySpec = TinySpec(), include_embed_tokens: bool = False) -> dict[str, torch.Tensor]:
+def t5_state_dict(
+    spec: TinySpec = TinySpec(), include_embed_tokens: bool = False, *, copy: bool = True
+) -> dict[str, torch.Tensor]:
     """T5 encoder in HF names as saved files hold them: ``shared.weight`` +
     ``encoder.*`` (the tied ``encoder.embed_tokens.weight`` only on request)."""
-    sd = _clone(_t5_sd(spec))
+    sd = _clone(_t5_sd(spec), copy)
     if not include_embed_tokens:
         sd.pop("encoder.embed_tokens.weight", None)
     return sd
@@ -1103,8 +1141,9 @@ def t5_state_dict(spec: TinySpec = TinySpec(), include_embed_tokens: bool = Fals
 
 def build_t5(spec: TinySpec = TinySpec(), dtype=torch.float32):
     """``T5EncoderModel`` holding the tiny weights (eval mode)."""
-    model = _new_t5(spec)
-    model.load_state_dict(t5_state_dict(spec, include_embed_tokens=True), strict=True)
+    with _keep_global_rng():
+        model = _new_t5(spec)
+    model.load_state_dict(t5_state_dict(spec, include_embed_tokens=True, copy=False), strict=True)
     return model.to(dtype).eval()
 
 
@@ -1183,8 +1222,8 @@ def write_t5_folder(
     config = t5_config(spec)
     config.architectures = ["T5EncoderModel"]
     config.save_pretrained(folder)
-    _v4_style_config(folder)
-    _save_safetensors(_cast(t5_state_dict(spec), dtype), folder / "model.safetensors", {"format": "pt"})
+    _v4_style_config(folder, dtype)
+    _save_safetensors(_cast(t5_state_dict(spec, copy=False), dtype), folder / "model.safetensors", {"format": "pt"})
     if with_tokenizer:
         tok = build_t5_tokenizer(spec)
         tok.save_pretrained(str(folder))
@@ -1220,7 +1259,7 @@ def write_t5_folder(
 
 def write_t5_file(path: str | os.PathLike, spec: TinySpec = TinySpec(), dtype: torch.dtype = torch.float32) -> Path:
     """Single-file T5 encoder in HF names (like ComfyUI's ``t5xxl_*.safetensors``)."""
-    return _save_safetensors(_cast(t5_state_dict(spec), dtype), path)
+    return _save_safetensors(_cast(t5_state_dict(spec, copy=False), dtype), path)
 
 
 def write_t5_embedding(
@@ -1256,10 +1295,18 @@ def write_truncated_safetensors(path: str | os.PathLike, spec: TinySpec = TinySp
 
 
 def write_lying_header_safetensors(path: str | os.PathLike, kind: str = "offsets") -> Path:
-    """A ``.safetensors`` whose JSON header lies: ``kind="offsets"`` claims
-    data beyond the end of the file; ``kind="shape"`` declares a shape whose
-    byte size does not match its data offsets."""
+    """A ``.safetensors`` whose header lies: ``kind="offsets"`` claims data
+    beyond the end of the file; ``kind="shape"`` declares a shape whose byte
+    size does not match its data offsets; ``kind="header_size"`` has an 8-byte
+    header length far larger than the file."""
     data = torch.arange(16, dtype=torch.float32).numpy().tobytes()  # 64 bytes
+    if kind == "header_size":
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hb = json.dumps({"x": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]}}).encode()
+        hb += b" " * (-len(hb) % 8)
+        path.write_bytes(struct.pack("<Q", 50_000_000) + hb + data)
+        return path
     if kind == "offsets":
         header = {
             "control_conv.0.weight": {"dtype": "F32", "shape": [64, 16, 3, 3], "data_offsets": [0, 36864]},
@@ -1267,7 +1314,7 @@ def write_lying_header_safetensors(path: str | os.PathLike, kind: str = "offsets
     elif kind == "shape":
         header = {"control_conv.0.bias": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 64]}}
     else:
-        raise ValueError("kind must be 'offsets' or 'shape'")
+        raise ValueError("kind must be 'offsets', 'shape' or 'header_size'")
     hb = json.dumps(header, separators=(",", ":")).encode()
     hb += b" " * (-len(hb) % 8)
     path = Path(path)
@@ -1312,12 +1359,12 @@ def write_mismatched_control_file(
     if width == spec.hidden:
         raise ValueError("control_width must differ from the hidden size")
     if naming == "diffusers":
-        sd = transformer_state_dict(spec, with_control=False)
+        sd = transformer_state_dict(spec, with_control=False, copy=False)
     elif naming == "mmdit":
-        sd = _clone(_mmdit_sd(spec))
+        sd = mmdit_state_dict(spec, with_control=False, copy=False)
     else:
         raise ValueError("naming must be 'diffusers' or 'mmdit'")
-    sd.update(control_conv_state_dict(spec, out_channels=width))
+    sd.update(control_conv_state_dict(spec, out_channels=width, copy=False))
     return _save_safetensors(sd, path)
 
 
@@ -1328,6 +1375,7 @@ def write_bad_files(folder: str | os.PathLike, spec: TinySpec = TinySpec()) -> d
         "truncated": write_truncated_safetensors(folder / "truncated.safetensors", spec),
         "lying_header_offsets": write_lying_header_safetensors(folder / "lying_offsets.safetensors", "offsets"),
         "lying_header_shape": write_lying_header_safetensors(folder / "lying_shape.safetensors", "shape"),
+        "lying_header_size": write_lying_header_safetensors(folder / "lying_header_size.safetensors", "header_size"),
         "sdxl_unet": write_sdxl_unet_file(folder / "sdxl_unet.safetensors"),
         "control_width_mismatch": write_mismatched_control_file(folder / "control_mismatch.safetensors", spec),
         "control_width_mismatch_mmdit": write_mismatched_control_file(
