@@ -175,3 +175,62 @@ def _models_dir():
     from pathlib import Path
 
     return Path(folder_paths.models_dir)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_core_ksampler_path_equals_reference(pack_nodes, diffusers_models, cfg):
+    """The Sampler Patch's MODEL with the core KSampler (euler / normal) and the Dual Prompt's zero negative."""
+    import comfy.sample
+
+    z, ctx, pooled = inputs(3)
+    model, branch = pack_nodes["DPIRModelLoader"]().load("transformer/diffusion_pytorch_model.safetensors", "default")
+    patched = pack_nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+    positive = [[ctx, {"pooled_output": pooled}]]
+    m = pack_nodes["DPIRSamplerPatch"]().patch(patched, positive, 3, cfg, 3.0)[0]
+    negative = [[torch.zeros_like(ctx), {"pooled_output": torch.zeros_like(pooled)}]]
+    latent = torch.zeros_like(z)
+    noise = comfy.sample.prepare_noise(latent, 9)
+    ours = comfy.sample.sample(m, noise, 3, cfg, "euler", "normal", positive, negative, latent, seed=9)
+    theirs = reference_sample(diffusers_models["transformer"], diffusers_models["control_conv"], z, ctx, pooled,
+                              3, 9, cfg, 1.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_openai_style_clip_file_equals_hf_folder(pack_nodes, tmp_path):
+    import folder_paths
+
+    path = tm.write_clip_vision_file(tmp_path / "openai_b32.safetensors", SPEC, which=1, naming="openai")
+    (tmp_path / "openai_b32.json").write_text(tm.clip_vision_config(SPEC, 1).to_json_string())
+    folder_paths.add_model_folder_path("clip_vision", str(tmp_path))
+    openai = pack_nodes["DPIRCLIPVisionLoader"]().load("openai_b32.safetensors")[0]
+    hf = pack_nodes["DPIRCLIPVisionLoader"]().load("clip_b32/model.safetensors")[0]
+    image = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(6))
+    a, b = openai.encode_image(image), hf.encode_image(image)
+    torch.testing.assert_close(a["last_hidden_state"], b["last_hidden_state"])
+    torch.testing.assert_close(a["image_embeds"], b["image_embeds"])
+
+
+def test_t5_tokens_match_the_released_tokenisation(pack_nodes):
+    """ComfyUI's T5 tokens, padded/cut to 256 by the node, equal HF's max_length=256 + truncation ids."""
+    from pathlib import Path
+
+    import comfy.text_encoders.sd3_clip as sd3_clip
+    from transformers import T5TokenizerFast
+
+    t5_only_tokens = sys.modules[f"{PACK_NAME}.nodes.text_prompt"].t5_only_tokens
+
+    class TokenizerOnlyCLIP:
+        """ComfyUI's real SD3 tokenizer; T5-XXL itself is too large to build here."""
+        cond_stage_model = type("M", (), {"t5xxl": object()})()
+        tokenizer = sd3_clip.SD3Tokenizer()
+
+        def tokenize(self, text, **kwargs):
+            return self.tokenizer.tokenize_with_weights(text, **kwargs)
+
+    hf = T5TokenizerFast.from_pretrained(str(Path(sd3_clip.__file__).parent / "t5_tokenizer"))
+    for text in ("a sharp photo of a cat", "word " * 400, ""):
+        tokens = t5_only_tokens(TokenizerOnlyCLIP(), text)
+        ours = [t[0] for t in tokens["t5xxl"][0]]
+        want = hf(text, padding="max_length", max_length=256, truncation=True).input_ids
+        assert ours == want
+        assert tokens["l"] == [] and tokens["g"] == []
