@@ -10,6 +10,7 @@ import comfy.samplers
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
 from ..models.errors import DPIRInputError
+from .tiled_sampling import TiledCondBatch
 
 
 def zero_out(conditioning):
@@ -52,12 +53,18 @@ class DPIRSamplerPatch:
             "negative": ("CONDITIONING", {"tooltip": "defaults to the all-zero prompt"}),
             "sampler_name": (comfy.samplers.SAMPLER_NAMES, {"default": "euler"}),
             "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "normal"}),
+            "tiles": ("DPIR_TILES", {"tooltip": "from 'DPIR Tiled Global-Local Prompt': sample large images tile by tile"}),
+            "tile_batch": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
+                                   "tiles evaluated together; higher = faster on big GPUs, more memory"}),
         }}
 
-    def patch(self, model, positive, steps, cfg, shift, negative=None, sampler_name="euler", scheduler="normal"):
+    def patch(self, model, positive, steps, cfg, shift, negative=None, sampler_name="euler", scheduler="normal",
+              tiles=None, tile_batch=4):
         if not isinstance(positive, list) or not positive:
             raise DPIRInputError("'positive' must be a CONDITIONING: wire 'positive' of 'DPIR Dual Prompt'")
         m = ModelSamplingSD3().patch(model, shift)[0]
+        if tiles is not None:
+            m.model_options["sampler_calc_cond_batch_function"] = TiledCondBatch(tiles, tile_batch)
         guider = DPIRGuider(m)
         guider.set_prompts(positive, negative)
         guider.set_cfg(cfg)

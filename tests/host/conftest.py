@@ -18,12 +18,14 @@ host test fails, the tail of the server log is added to its report.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from .comfy_harness import PACK_NAME, Server, find_comfyui, load_workflow_api
+from .comfy_harness import PACK_NAME, PACK_ROOT, Server, find_comfyui, load_workflow_api
 from .comfy_harness import start_server as _start_server
 
 HOST = find_comfyui()
@@ -128,3 +130,38 @@ def object_info(comfy_server) -> dict:
 @pytest.fixture(scope="session")
 def workflow_api():
     return load_workflow_api()
+
+
+@pytest.fixture(scope="session")
+def pack_nodes(comfyui_path, tmp_path_factory):
+    """ComfyUI imported in-process with a models folder of tiny files, and the pack loaded as ComfyUI loads it."""
+    base = tmp_path_factory.mktemp("comfy_base")
+    models = base / "models"
+    import tiny_models as tm
+
+    SPEC = tm.TinySpec()
+    tm.write_transformer_folder(models / "dpir" / "transformer", SPEC)
+    tm.write_vae_folder(models / "dpir" / "robust_vae", SPEC, robust=True, full=True)
+    tm.write_vae_file(models / "vae" / "sd3_vae.safetensors", SPEC, full=True)
+    tm.write_clip_vision_folder(models / "clip_vision" / "clip_b32", SPEC, which=1)
+    tm.write_clip_vision_folder(models / "clip_vision" / "clip_bigg", SPEC, which=2)
+    (base / "custom_nodes").mkdir()
+    argv = sys.argv
+    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-api-nodes"]
+    sys.path.insert(0, str(comfyui_path))
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses sys.argv once)
+        import folder_paths
+
+        assert folder_paths.models_dir == str(models), "ComfyUI was already imported with another base directory"
+        spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(PACK_ROOT)])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = pack
+        spec.loader.exec_module(pack)
+        yield pack.NODE_CLASS_MAPPINGS
+    finally:
+        sys.argv = argv

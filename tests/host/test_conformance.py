@@ -8,7 +8,6 @@ compounded over the sampling steps; we allow 1e-4.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
@@ -16,43 +15,11 @@ import torch
 
 import reference
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME, PACK_ROOT, find_comfyui
+from host.comfy_harness import PACK_NAME, find_comfyui
 
 SPEC = tm.TinySpec()
 HOST = find_comfyui()
 pytestmark = pytest.mark.skipif(HOST.path is None, reason=f"no ComfyUI host: {HOST.reason}")
-
-
-@pytest.fixture(scope="module")
-def pack_nodes(tmp_path_factory):
-    """ComfyUI imported in-process with a models folder of tiny files, and the pack loaded as ComfyUI loads it."""
-    base = tmp_path_factory.mktemp("comfy_base")
-    models = base / "models"
-    tm.write_transformer_folder(models / "dpir" / "transformer", SPEC)
-    tm.write_vae_folder(models / "dpir" / "robust_vae", SPEC, robust=True, full=True)
-    tm.write_vae_file(models / "vae" / "sd3_vae.safetensors", SPEC, full=True)
-    tm.write_clip_vision_folder(models / "clip_vision" / "clip_b32", SPEC, which=1)
-    tm.write_clip_vision_folder(models / "clip_vision" / "clip_bigg", SPEC, which=2)
-    (base / "custom_nodes").mkdir()
-    argv = sys.argv
-    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-api-nodes"]
-    sys.path.insert(0, str(HOST.path))
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses sys.argv once)
-        import folder_paths
-
-        assert folder_paths.models_dir == str(models), "ComfyUI was already imported with another base directory"
-        spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(PACK_ROOT)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = pack
-        spec.loader.exec_module(pack)
-        yield pack.NODE_CLASS_MAPPINGS
-    finally:
-        sys.argv = argv
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,144 @@
+"""Tiled global-local sampling inside ComfyUI (CPU, tiny models)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import tiny_models as tm
+from host.comfy_harness import PACK_NAME
+
+SPEC = tm.TinySpec()
+
+
+def mod(name):
+    return sys.modules[f"{PACK_NAME}.nodes.{name}"]
+
+
+@pytest.fixture(scope="module")
+def setup(pack_nodes):
+    model, branch = pack_nodes["DPIRModelLoader"]().load("transformer/diffusion_pytorch_model.safetensors", "default")
+    load = pack_nodes["DPIRCLIPVisionLoader"]().load
+    return pack_nodes, model, branch, load("clip_b32/model.safetensors")[0], load("clip_bigg/model.safetensors")[0]
+
+
+def smooth_image(h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, 3, 4, generator=g)
+    img = torch.nn.functional.interpolate(base, size=(h, w), mode="bicubic", align_corners=True).clamp(0, 1)
+    return img.movedim(1, -1)
+
+
+def text_prompt():
+    return [[torch.randn(1, 256, SPEC.joint_attention_dim, generator=torch.Generator().manual_seed(1)),
+             {"pooled_output": torch.zeros(1, 2048)}]]
+
+
+def sample(nodes, model, branch, z, positive, steps=2, cfg=1.0, tiles=None, tile_batch=4, seed=4):
+    import comfy.sample
+
+    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+    _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, cfg, 3.0,
+                                                                   tiles=tiles, tile_batch=tile_batch)
+    latent = torch.zeros_like(z)
+    return guider.sample(comfy.sample.prepare_noise(latent, seed), latent, sampler, sigmas, seed=seed)
+
+
+def plan(nodes, clip1, clip2, image, tile_px, overlap_px, mode=0, shift=False):
+    prompt_mode = mod("tiled_sampling").PROMPT_MODES[mode]
+    return nodes["DPIRTiledPrompt"]().plan(clip1, clip2, image, text_prompt(), tile_px, overlap_px, prompt_mode,
+                                           shift, 1)
+
+
+def test_image_in_one_tile_gives_exactly_the_untiled_result(setup):
+    nodes, model, branch, clip1, clip2 = setup
+    image = smooth_image(96, 128)
+    tiles, preview = plan(nodes, clip1, clip2, image, 1024, 128)
+    assert tiles.count == 1 and preview.shape == image.shape
+    z = torch.randn(1, 16, 12, 16, generator=torch.Generator().manual_seed(2))
+    visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, image)[0]
+    positive = nodes["DPIRDualPrompt"]().combine(visual, text_prompt())[0]
+    for cfg in (1.0, 2.0):
+        untiled = sample(nodes, model, branch, z, positive, cfg=cfg)
+        tiled = sample(nodes, model, branch, z, positive, cfg=cfg, tiles=tiles)
+        assert torch.equal(tiled, untiled)
+
+
+def test_local_prompts_differ_and_global_tokens_are_shared(setup):
+    nodes, _, _, clip1, clip2 = setup
+    image = smooth_image(256, 384)
+    image[:, :, 192:] = 1 - image[:, :, 192:]  # right part of other content
+    tiles, _ = plan(nodes, clip1, clip2, image, 256, 64)
+    assert tiles.count == 2  # latent 32×48, tile 32, overlap 8: one row of two tiles
+    tokens = [tiles.visual[(0, i)][0] for i in range(tiles.count)]
+    n_global = len(mod("tiled_sampling").dp.global_tiles(256, 384))
+    local = tm.TinySpec().clip1.num_tokens
+    for t in tokens[1:]:
+        assert torch.equal(t[:, local:local + n_global], tokens[0][:, local:local + n_global])  # same global tokens
+    assert (tokens[0][:, :local] - tokens[-1][:, :local]).abs().max() > 1e-3  # different local content
+
+
+def test_tiled_sampling_runs_with_batches_cfg_and_shift(setup):
+    nodes, model, branch, clip1, clip2 = setup
+    image = smooth_image(256, 384)
+    z = torch.randn(1, 16, 32, 48, generator=torch.Generator().manual_seed(5))
+    for mode, shift, cfg, batch in ((0, True, 1.0, 3), (1, False, 2.0, 1), (0, False, 1.0, 8)):
+        tiles, _ = plan(nodes, clip1, clip2, image, 256, 64, mode=mode, shift=shift)
+        positive = nodes["DPIRDualPrompt"]().combine(nodes["DPIRVisualPrompt"]().encode(clip1, clip2, image)[0],
+                                                     text_prompt())[0]
+        out = sample(nodes, model, branch, z, positive, steps=3, cfg=cfg, tiles=tiles, tile_batch=batch)
+        assert out.shape == z.shape and torch.isfinite(out).all()
+    # the batch size does not change the numbers
+    tiles, _ = plan(nodes, clip1, clip2, image, 256, 64)
+    a = sample(nodes, model, branch, z, positive, tiles=tiles, tile_batch=1)
+    b = sample(nodes, model, branch, z, positive, tiles=tiles, tile_batch=4)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_blending_has_no_seams(setup):
+    """An identity-like model whose output disagrees from tile to tile (it adds the tile's own mean):
+    hard stitching would jump at every border; the Gaussian blend must change smoothly."""
+    nodes, model, _, clip1, clip2 = setup
+    image = smooth_image(256, 512)
+    tiles, _ = plan(nodes, clip1, clip2, image, 256, 96, mode=1)
+    m = model.clone()
+    m.set_model_unet_function_wrapper(lambda apply, a: a["input"] + a["input"].mean(dim=(1, 2, 3), keepdim=True))
+    _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(m, text_prompt(), 1, 1.0, 3.0, tiles=tiles)
+    x = torch.nn.functional.interpolate(torch.randn(1, 16, 3, 5, generator=torch.Generator().manual_seed(7)),
+                                        size=(32, 64), mode="bicubic", align_corners=True)
+    out = guider.sample(x, torch.zeros_like(x), sampler, sigmas, seed=0)  # one Euler step from sigma 1: the denoised
+    offset = ((out - SPEC.vae_shift_factor) * SPEC.vae_scaling_factor - x)[0, 0]
+    means = [x[:, :, t.top:t.bottom, t.left:t.right].mean() for t in tiles.plans[0]]
+    hard_jump = max(abs(a - b) for a, b in zip(means, means[1:]))
+    blended_jump = max(offset.diff(dim=0).abs().max(), offset.diff(dim=1).abs().max())
+    assert len(means) >= 3 and hard_jump > 0.05
+    assert blended_jump < 0.25 * hard_jump  # spread over the overlap instead of one step
+    # normalised weights: at the image corner, inside the first tile only, the offset is that tile's mean
+    torch.testing.assert_close(offset[0, 0], means[0], rtol=1e-4, atol=1e-4)
+
+
+def test_interrupt_stops_within_one_tile_batch(setup):
+    import comfy.model_management
+
+    nodes, model, branch, clip1, clip2 = setup
+    image = smooth_image(256, 384)
+    tiles, _ = plan(nodes, clip1, clip2, image, 256, 64, mode=1)
+    calls = []
+
+    def wrapper(apply, a):
+        calls.append(a["input"].shape[0])
+        if len(calls) == 2:
+            comfy.model_management.interrupt_current_processing(True)
+        return apply(a["input"], a["timestep"], **a["c"])
+
+    m = model.clone()
+    m.set_model_unet_function_wrapper(wrapper)
+    z = torch.randn(1, 16, 32, 48, generator=torch.Generator().manual_seed(5))
+    positive = [[torch.randn(1, 333, SPEC.joint_attention_dim), {"pooled_output": torch.randn(1, 64)}]]
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(nodes, m, branch, z, positive, steps=4, tiles=tiles, tile_batch=1)
+    assert len(calls) == 2  # stopped before the next tile batch, not at the end of the step
+    comfy.model_management.interrupt_current_processing(False)
+    out = sample(nodes, model, branch, z, positive, steps=1, tiles=tiles)  # and the next run works
+    assert torch.isfinite(out).all()
