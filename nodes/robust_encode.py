@@ -10,6 +10,8 @@ from ..models.errors import DPIRInputError, DPIRModelError
 from .images import to_bchw, to_bhwc
 
 RESIZE_MODES = ("long side", "upscale factor", "keep size")
+TILED_VAE = ("auto", "on", "off")
+TILED_ABOVE = 2048 * 2048  # pixels
 MULTIPLE = 16  # 8 px per latent pixel × patch 2
 
 
@@ -53,9 +55,12 @@ class DPIRRobustVAEEncode:
                                   "tooltip": "output long side in pixels (resize = long side)"}),
             "upscale_factor": ("FLOAT", {"default": 4.0, "min": 0.125, "max": 16.0, "step": 0.05,
                                          "tooltip": "output size / input size (resize = upscale factor)"}),
+        }, "optional": {
+            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip":
+                          "encode/decode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
         }}
 
-    def encode(self, image, vae, resize, long_side, upscale_factor):
+    def encode(self, image, vae, resize, long_side, upscale_factor, tiled_vae="auto"):
         if getattr(vae, "latent_channels", None) != 16:
             raise DPIRModelError(f"this VAE has {getattr(vae, 'latent_channels', '?')} latent channels; DPIR needs "
                                  "the robust SD3 VAE (16 channels) from 'DPIR Robust VAE Loader'")
@@ -68,9 +73,14 @@ class DPIRRobustVAEEncode:
         lq = to_bhwc(x)
         padded = pad_to_multiple(x)
         pbar = comfy.utils.ProgressBar(2)
-        latent = vae.encode(to_bhwc(padded))
+        tiled = tiled_vae == "on" or (tiled_vae == "auto" and h * w > TILED_ABOVE)
+        if tiled:
+            latent = vae.encode_tiled(to_bhwc(padded), tile_x=1024, tile_y=1024, overlap=64)
+        else:
+            latent = vae.encode(to_bhwc(padded))
         pbar.update(1)
-        decoded = vae.decode(latent)[:, :h, :w].contiguous()
+        decoded = vae.decode_tiled(latent, tile_x=128, tile_y=128, overlap=16) if tiled else vae.decode(latent)
+        decoded = decoded[:, :h, :w].contiguous()
         pbar.update(1)
         return ({"samples": latent}, lq, decoded.clamp(0, 1))
 

@@ -63,9 +63,11 @@ def api_of(name, server, object_info, workflow_api, **overrides):
     return api
 
 
-def saved_images(server, entry):
+def saved_images(server, entry, kind="output"):
     out = []
     for img in server.output_images(entry):
+        if img["type"] != kind:
+            continue
         arr = np.asarray(Image.open(io.BytesIO(server.view(img["filename"], img.get("subfolder", ""), img["type"]))))
         out.append(arr)
     return out
@@ -109,6 +111,17 @@ def test_prompt_ablation_workflow_gives_three_different_images(server, object_in
     assert len(images) == 3
     assert all(i.shape == (54, 72, 3) for i in images)
     assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+
+
+def test_large_workflow_samples_in_tiles(server, object_info, workflow_api):
+    api = api_of("dpir_restore_large", server, object_info, workflow_api,
+                 DPIRRobustVAEEncode={"resize": "upscale factor", "upscale_factor": 4.0},
+                 DPIRTiledPrompt={"tile_size": 256, "tile_overlap": 64})
+    entry = server.run(api, timeout=900)
+    image = saved_images(server, entry)[0]
+    assert image.shape == (240, 320, 3) and image.std() > 0
+    preview = saved_images(server, entry, "temp")[0]  # the tile plan over the LQ image
+    assert preview.shape == (240, 320, 3)
 
 
 def test_missing_model_file_is_a_node_error(server, object_info, workflow_api):
