@@ -34,6 +34,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
+def _output_used(prompt, unique_id, slot: int) -> bool:
+    """Whether any node of the running prompt reads output ``slot`` of node ``unique_id`` (True when unknown)."""
+    if prompt is None or unique_id is None:
+        return True
+    link = [str(unique_id), slot]
+    return any(isinstance(v, list) and len(v) == 2 and [str(v[0]), v[1]] == link
+               for node in prompt.values() for v in node.get("inputs", {}).values())
+
+
 class DPIRRobustVAEEncode:
     DESCRIPTION = ("Resizes the low-quality image (official default: long side 1024, Lanczos) and encodes it with "
                    "DPIR's robust VAE. Outputs the LQ latent (for 'DPIR Apply LQ Condition' and as the sampler's "
@@ -58,9 +67,9 @@ class DPIRRobustVAEEncode:
         }, "optional": {
             "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip":
                           "encode/decode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
-    def encode(self, image, vae, resize, long_side, upscale_factor, tiled_vae="auto"):
+    def encode(self, image, vae, resize, long_side, upscale_factor, tiled_vae="auto", prompt=None, unique_id=None):
         if getattr(vae, "latent_channels", None) != 16:
             raise DPIRModelError(f"this VAE has {getattr(vae, 'latent_channels', '?')} latent channels; DPIR needs "
                                  "the robust SD3 VAE (16 channels) from 'DPIR Robust VAE Loader'")
@@ -79,10 +88,13 @@ class DPIRRobustVAEEncode:
         else:
             latent = vae.encode(to_bhwc(padded))
         pbar.update(1)
-        decoded = vae.decode_tiled(latent, tile_x=128, tile_y=128, overlap=16) if tiled else vae.decode(latent)
-        decoded = decoded[:, :h, :w].contiguous()
+        if _output_used(prompt, unique_id, 2):
+            decoded = vae.decode_tiled(latent, tile_x=128, tile_y=128, overlap=16) if tiled else vae.decode(latent)
+            decoded = decoded[:, :h, :w].contiguous().clamp(0, 1)
+        else:  # nothing reads it: spare a whole VAE decode (the output is then the resized LQ)
+            decoded = lq
         pbar.update(1)
-        return ({"samples": latent}, lq, decoded.clamp(0, 1))
+        return ({"samples": latent}, lq, decoded)
 
 
 NODE_CLASS_MAPPINGS = {"DPIRRobustVAEEncode": DPIRRobustVAEEncode}

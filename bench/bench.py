@@ -1,0 +1,356 @@
+"""ComfyUI-DPIR benchmark: ratios measured side by side in one run.
+
+    python bench/bench.py pipeline [--size small|tiny|sd3-medium] [--image 256] [--steps 4] [--reps 3]
+    python bench/bench.py tiles    [--size tiny|sd3-medium] [--reps 3]
+
+Random weights in the official file formats (tests/tiny_models.py), loaded
+through the pack's nodes inside the host ComfyUI (found as the tests find it).
+'small' is a CPU-sized SD3 (8 blocks, width 512); 'sd3-medium' has the real
+shapes (24 blocks, width 1536, context 4096; real-size ViT-B/32 and ViT-bigG
+towers; the T5 prompt is a random 256×4096 embedding) and wants a GPU.
+
+pipeline: DPIR sampling vs plain SD3 sampling of the same transformer; the
+pack end to end vs the independent diffusers reference (tests/reference.py);
+stage breakdown with time and peak memory (CUDA peak allocated on a GPU,
+process RSS high-water on the CPU); on a GPU, the transformer's achieved
+TFLOP/s against the card's bf16 peak.
+tiles: seconds per tile-step from 2×2 to 8×8 tiles, and peak memory of one
+tiled sampling step for 2K, 4K and 8K outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import tiny_models as tm  # noqa: E402
+from host.comfy_harness import PACK_NAME, find_comfyui  # noqa: E402
+
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+
+
+def spec_for(size: str) -> tm.TinySpec:
+    if size == "tiny":
+        return tm.TinySpec()
+    if size == "small":
+        return tm.TinySpec(num_layers=8, num_attention_heads=8, caption_projection_dim=512,
+                           joint_attention_dim=256, t5_d_model=256)
+    if size == "sd3-medium":
+        return tm.TinySpec(
+            num_layers=24, num_attention_heads=24, caption_projection_dim=1536, joint_attention_dim=4096,
+            pooled_projection_dim=2048, pos_embed_max_size=192, control_c1=256, control_c2=512, t5_d_model=4096,
+            clip1=tm.ClipSpec(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                              projection_dim=512),
+            clip2=tm.ClipSpec(patch_size=14, hidden_size=1664, num_layers=48, num_heads=16, intermediate_size=8192,
+                              projection_dim=1280, hidden_act="gelu"))
+    raise SystemExit(f"unknown size {size!r}")
+
+
+class Memory:
+    """Peak memory of a stage: CUDA peak allocated, or the process RSS high-water sampled every 2 ms."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.proc = psutil.Process()
+
+    def __enter__(self):
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.proc.memory_info().rss
+            self.peak, self._stop = self.base, False
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def _poll(self):
+        while not self._stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.seconds = time.perf_counter() - self.t0
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        else:
+            self.seconds = time.perf_counter() - self.t0
+            self._stop = True
+            self._thread.join()
+            self.peak_bytes = max(self.peak, self.proc.memory_info().rss)
+        self.delta_bytes = self.peak_bytes - self.base
+        return False
+
+
+def host_nodes(spec: tm.TinySpec, device: str):
+    """ComfyUI in-process with the pack, and a models folder of random official-format files."""
+    comfy = find_comfyui()
+    if comfy.path is None:
+        raise SystemExit(f"bench needs a ComfyUI host: {comfy.reason}")
+    base = Path(tempfile.mkdtemp(prefix="dpir-bench-"))
+    models = base / "models"
+    print(f"writing random {spec.num_layers}-block width-{spec.hidden} DPIR files to {models} ...", file=sys.stderr)
+    tm.write_transformer_file(models / "dpir" / "transformer.safetensors", spec, dtype=torch.bfloat16)
+    tm.write_vae_folder(models / "dpir" / "robust_vae", spec, robust=True, full=True)
+    tm.write_vae_file(models / "vae" / "sd3_vae.safetensors", spec, full=True)
+    for which, name in ((1, "clip1"), (2, "clip2")):
+        tm.write_clip_vision_folder(models / "clip_vision" / name, spec, which=which)
+    emb = torch.randn(1, 256, spec.joint_attention_dim, generator=torch.Generator().manual_seed(0))
+    from safetensors.torch import save_file
+
+    save_file({"t5_embedding": emb}, str(models / "dpir" / "prompt.safetensors"))
+    (base / "custom_nodes").mkdir()
+    sys.argv = ["main.py", "--base-directory", str(base), "--disable-api-nodes"] + (["--cpu"] if device == "cpu" else [])
+    sys.path.insert(0, str(comfy.path))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args  # noqa: F401
+    sp = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(sp)
+    sys.modules[PACK_NAME] = pack
+    sp.loader.exec_module(pack)
+    return pack.NODE_CLASS_MAPPINGS, models
+
+
+def median_spread(xs):
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def fmt(xs, unit="s"):
+    m, lo, hi = median_spread(xs)
+    return f"{m:8.3f} {unit} [{lo:.3f}–{hi:.3f}]"
+
+
+def mmdit_flops(spec: tm.TinySpec, tokens: int, context: int = 333) -> float:
+    """Forward FLOPs of SD3's MMDiT per sample (matmuls + attention), counted analytically."""
+    d, n, c = spec.hidden, tokens, context
+    per_block = 2 * (n + c) * d * (3 * d)  # q, k, v for image and context streams
+    per_block += 2 * 2 * (n + c) * (n + c) * d  # attention scores and weighted sum
+    per_block += 2 * (n + c) * d * d  # output projections
+    per_block += 2 * 2 * (n + c) * d * 4 * d  # the two MLP matmuls (4× expansion)
+    patch = 2 * n * (16 * 4) * d + 2 * n * d * (16 * 4)  # patch embedding and final projection
+    return spec.num_layers * per_block + patch + 2 * c * spec.joint_attention_dim * d
+
+
+def pipeline(args):
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    nodes, models = host_nodes(spec, device.type)
+    import comfy.model_management
+    import comfy.sample
+    import comfy.sd
+    import comfy.utils
+
+    dtype_name = "bf16" if device.type == "cuda" else "default"
+    model, branch = nodes["DPIRModelLoader"]().load("transformer.safetensors", dtype_name)
+    stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
+    vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
+    clip1 = nodes["DPIRCLIPVisionLoader"]().load("clip1/model.safetensors")[0]
+    clip2 = nodes["DPIRCLIPVisionLoader"]().load("clip2/model.safetensors")[0]
+    g = torch.Generator().manual_seed(0)
+    s = args.image
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, s // 16, s // 16, generator=g), size=(s, s),
+                                            mode="bicubic").clamp(0, 1).movedim(1, -1)
+
+    def run_pack():
+        stages = {}
+        with Memory(device) as m:
+            latent, lq, _ = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", s, 1.0,
+                                                                  prompt={}, unique_id="1")  # as dpir_restore: LQ decode unused
+        stages["robust VAE encode"] = m
+        with Memory(device) as m:
+            visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
+        stages["CLIP visual prompt"] = m
+        with Memory(device) as m:
+            text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
+            positive, negative = nodes["DPIRDualPrompt"]().combine(visual, text)
+        stages["T5 prompt (embedding file)"] = m
+        with Memory(device) as m:
+            patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
+            _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, args.steps, 1.0, 3.0)
+            noise = comfy.sample.prepare_noise(latent["samples"], 0)
+            out = guider.sample(noise, latent["samples"], sampler, sigmas, seed=0)
+        stages["sampling"] = m
+        with Memory(device) as m:
+            decoded = vae.decode(out)
+        stages["decode"] = m
+        with Memory(device) as m:
+            nodes["DPIRColourFix"]().fix(decoded, lq, "wavelet")
+        stages["colour fix"] = m
+        return stages, positive
+
+    def run_plain(positive, latent):
+        from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+        m_plain = ModelSamplingSD3().patch(model, 3.0)[0]
+        guider = comfy.samplers.CFGGuider(m_plain)
+        guider.set_conds(positive, positive)
+        guider.set_cfg(1.0)
+        sigmas = comfy.samplers.calculate_sigmas(m_plain.get_model_object("model_sampling"), "normal", args.steps)
+        sampler = comfy.samplers.sampler_object("euler")
+        with Memory(device) as mem:
+            guider.sample(comfy.sample.prepare_noise(latent, 0), latent, sampler, sigmas, seed=0)
+        return mem
+
+    import comfy.samplers
+
+    print(f"device {device}, model '{args.size}' ({spec.num_layers} blocks, width {spec.hidden}), image {s}², "
+          f"{args.steps} steps, {args.reps} repetitions (median [min–max])", file=sys.stderr)
+    run_pack()  # warm-up: loads and first-call costs out of the figures
+    per_stage, dpir_sampling, plain_sampling, pack_total, ref_total = {}, [], [], [], []
+    ref = reference_runner(spec, models, device, image, args.steps) if not args.no_reference else None
+    latent0 = torch.zeros(1, 16, s // 8, s // 8)
+    for _ in range(args.reps):
+        stages, positive = run_pack()
+        for k, m in stages.items():
+            per_stage.setdefault(k, []).append(m)
+        dpir_sampling.append(stages["sampling"].seconds)
+        pack_total.append(sum(m.seconds for m in stages.values()))
+        plain_sampling.append(run_plain(positive, latent0).seconds)
+        if ref is not None:
+            ref_total.append(ref())
+    total = statistics.median(pack_total)
+    print(f"\n## pipeline: {device.type}, '{args.size}' model, {s}×{s}, {args.steps} steps\n")
+    print("| measure | value |\n|---|---|")
+    ratio = [a / b for a, b in zip(dpir_sampling, plain_sampling)]
+    print(f"| DPIR sampling / plain SD3 sampling (same transformer, steps, size) | {fmt(ratio, '×')} |")
+    if ref_total:
+        print(f"| diffusers reference end to end / pack end to end | {fmt([r / p for r, p in zip(ref_total, pack_total)], '×')} |")
+    print("\n| stage | seconds | share | peak memory (MiB, stage delta) |\n|---|---|---|---|")
+    for k, ms in per_stage.items():
+        secs = [m.seconds for m in ms]
+        peak = statistics.median(m.peak_bytes for m in ms) / 2**20
+        delta = statistics.median(m.delta_bytes for m in ms) / 2**20
+        print(f"| {k} | {fmt(secs)} | {100 * statistics.median(secs) / total:5.1f}% | {peak:9.0f} ({delta:+.0f}) |")
+    if device.type == "cuda":
+        tokens = (s // 16) ** 2
+        flops = mmdit_flops(spec, tokens) * args.steps
+        tflops = flops / statistics.median(dpir_sampling) / 1e12
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        print(f"\ntransformer: {tflops:.1f} TFLOP/s achieved" + (f" = {100 * tflops / peak:.1f}% of {name}'s "
+              f"{peak:.0f} TFLOP/s bf16 dense peak" if peak else f" on {name}"))
+
+
+def reference_runner(spec, models, device, image, steps):
+    """The independent diffusers pipeline on the same files, same precision."""
+    import reference
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPVisionModelWithProjection
+
+    from safetensors.torch import load_file
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    sd = load_file(str(models / "dpir" / "transformer.safetensors"))
+    control = {k: v.float() for k, v in sd.items() if k.startswith("control_conv.")}
+    transformer = SD3Transformer2DModel.from_config(tm.transformer_config(spec))
+    transformer.load_state_dict({k: v for k, v in sd.items() if not k.startswith("control_conv.")})
+    transformer = transformer.to(device, dtype).eval()
+    vae = AutoencoderKL.from_pretrained(str(models / "dpir" / "robust_vae")).to(device, dtype).eval()
+    clips = [CLIPVisionModelWithProjection.from_pretrained(str(models / "clip_vision" / n)).to(device, dtype).eval()
+             for n in ("clip1", "clip2")]
+    conv = reference.control_conv_from_weights(control).to(device, dtype)
+    t5 = load_file(str(models / "dpir" / "prompt.safetensors"))["t5_embedding"].to(device, dtype)
+    img = image.movedim(-1, 1).to(device, dtype)
+
+    def run():
+        with Memory(device) as m:
+            with torch.autocast(device.type, enabled=False):
+                reference.restore(img, transformer, conv, vae, clips[0], clips[1], t5, steps=steps, seed=0)
+        return m.seconds
+
+    run()
+    return run
+
+
+def tiles(args):
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    nodes, _ = host_nodes(spec, device.type)
+    import comfy.sample
+
+    ts = sys.modules[f"{PACK_NAME}.nodes.tiled_sampling"]
+    model, branch = nodes["DPIRModelLoader"]().load("transformer.safetensors",
+                                                    "bf16" if device.type == "cuda" else "default")
+    tile = args.tile
+    overlap = tile // 8
+
+    def one_step(h, w):
+        """One tiled sampling step over an h×w latent (tile prompts: the released one-prompt mode)."""
+        z = torch.randn(1, 16, h, w, generator=torch.Generator().manual_seed(0))
+        positive = [[torch.randn(1, 333, spec.joint_attention_dim), {"pooled_output": torch.randn(1, spec.pooled_projection_dim)}]]
+        tset = ts.TileSet(h, w, tile, overlap, [0], 1)
+        patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+        _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, 1, 1.0, 3.0, tiles=tset,
+                                                                        tile_batch=args.tile_batch)
+        latent = torch.zeros_like(z)
+        with Memory(device) as m:
+            guider.sample(comfy.sample.prepare_noise(latent, 0), latent, sampler, sigmas, seed=0)
+        return m, tset.count, z
+
+    print(f"device {device}, model '{args.size}', latent tile {tile} (= {tile * 8} px), overlap {overlap}, "
+          f"tile batch {args.tile_batch}, {args.reps} repetitions", file=sys.stderr)
+    one_step(tile, tile)  # warm-up
+    print(f"\n## tiles: {device.type}, '{args.size}' model, tile {tile * 8} px, overlap {overlap * 8} px\n")
+    print("| grid | tiles | seconds per step | seconds per tile-step | vs 2×2 |\n|---|---|---|---|---|")
+    base = None
+    for k in (2, 4, 8):
+        side = tile + (k - 1) * (tile - overlap)
+        runs = [one_step(side, side) for _ in range(args.reps)]
+        n = runs[0][1]
+        per_tile = [m.seconds / n for m, _, _ in runs]
+        base = base or statistics.median(per_tile)
+        print(f"| {k}×{k} | {n} | {fmt([m.seconds for m, _, _ in runs])} | {fmt(per_tile)} | "
+              f"{statistics.median(per_tile) / base:.3f}× |")
+    print("\n| output | latent | tiles | peak memory (MiB) | step delta (MiB) | image-sized buffers (MiB) |\n"
+          "|---|---|---|---|---|---|")
+    for px in args.outputs:
+        lat = px // 8
+        m, n, z = one_step(lat, lat)
+        # buffers that scale with the image: latent, noise, x, the blended outputs, LQ latent and its features
+        buffers = z.numel() * 4 * 6 + (lat // 2) ** 2 * spec.hidden * 4
+        print(f"| {px}² | {lat}² | {n} | {m.peak_bytes / 2**20:9.0f} | {m.delta_bytes / 2**20:+9.0f} | "
+              f"{buffers / 2**20:9.0f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pipeline")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
+    p.add_argument("--image", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--cpu", action="store_true")
+    t = sub.add_parser("tiles")
+    t.add_argument("--size", default="tiny", choices=["tiny", "small", "sd3-medium"])
+    t.add_argument("--tile", type=int, default=32, help="latent tile size (128 = 1024 px)")
+    t.add_argument("--tile-batch", type=int, default=4)
+    t.add_argument("--outputs", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px")
+    t.add_argument("--reps", type=int, default=3)
+    t.add_argument("--cpu", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    {"pipeline": pipeline, "tiles": tiles}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
