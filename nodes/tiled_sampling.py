@@ -24,6 +24,7 @@ from ..models.tiling import Tile, blend_weights, plan_tiles, shifted_plan
 from .images import to_bchw, to_bhwc
 from .lq_injection import CONDTokenGrid
 from .visual_prompt import ComfyVisionEncoder
+from .web_ui import tiles_ui
 
 LATENT_SCALE = 8  # image px per latent px
 PROMPT_MODES = ("per-tile local prompt", "same prompt for all tiles (released)")
@@ -186,7 +187,7 @@ class DPIRTiledPrompt:
                    "Wire 'tiles' into 'DPIR Sampler Patch'. Memory per step depends on the tile size and tile batch, "
                    "not on the image size. The preview shows the tile grid over the LQ image.")
     CATEGORY = "DPIR"
-    FUNCTION = "plan"
+    FUNCTION = "plan_with_overlay"
     RETURN_TYPES = ("DPIR_TILES", "IMAGE")
     RETURN_NAMES = ("tiles", "tile_preview")
 
@@ -225,6 +226,14 @@ class DPIRTiledPrompt:
                 text_prompt[0][0]
         return (tiles, to_bhwc(draw_plan(image, tiles)))
 
+    def plan_with_overlay(self, clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size,
+                          tile_overlap, prompt_mode, seam_shift, shift_every):
+        """``plan`` plus the LQ image and plan for the browser's live tile overlay (web/js/dpir_tiles.js)."""
+        out = self.plan(clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
+                        prompt_mode, seam_shift, shift_every)
+        lq = to_bhwc(to_bchw(lq_image, "LQ image"))
+        return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE), "result": out}
+
     @staticmethod
     def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary):
         enc1 = ComfyVisionEncoder(clip_local, "clip_vision_local")
@@ -237,15 +246,19 @@ class DPIRTiledPrompt:
                 y0, x0 = min(t.top * LATENT_SCALE, h - 1), min(t.left * LATENT_SCALE, w - 1)
                 box = (y0, x0, min(h, t.bottom * LATENT_SCALE) - y0, min(w, t.right * LATENT_SCALE) - x0)
                 boxes.setdefault(box, []).append((p, i))
+        by_size = {}
+        for box in boxes:
+            by_size.setdefault(box[2:], []).append(box)
         pbar = comfy.utils.ProgressBar(len(boxes))
-        visual = {}
-        for box, users in boxes.items():  # unique crops only: shifted plans share most tiles
-            crop = image[:, :, box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
-            hidden, pooled = dp.summary_tokens(crop, enc1, enc2)
-            tokens = dp.visual_tokens(hidden, global_tokens.expand(hidden.shape[0], -1, -1), pooled.shape[-1])
-            for key in users:
-                visual[key] = (tokens, pooled)
-            pbar.update(1)
+        visual, b = {}, image.shape[0]
+        for same in by_size.values():  # one encoder batch per crop size: shifted plans share most tiles
+            crops = torch.cat([image[:, :, y:y + bh, x:x + bw] for (y, x, bh, bw) in same])
+            hidden, pooled = dp.summary_tokens(crops, enc1, enc2)
+            tokens = dp.visual_tokens(hidden, global_tokens.repeat(len(same), 1, 1), pooled.shape[-1])
+            for j, box in enumerate(same):
+                for key in boxes[box]:
+                    visual[key] = (tokens[j * b:(j + 1) * b], pooled[j * b:(j + 1) * b])
+            pbar.update(len(same))
         return visual
 
 
