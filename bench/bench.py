@@ -196,6 +196,14 @@ def pipeline(args):
         stages["colour fix"] = m
         return stages, positive
 
+    def encode_decode_ratio():
+        enc = nodes["DPIRRobustVAEEncode"]()
+        with Memory(device) as with_decode:
+            enc.encode(image, vae, "keep size", s, 1.0)
+        with Memory(device) as without:
+            enc.encode(image, vae, "keep size", s, 1.0, prompt={}, unique_id="1")
+        return with_decode.seconds / without.seconds
+
     def run_plain(positive, latent):
         from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
@@ -214,7 +222,7 @@ def pipeline(args):
     print(f"device {device}, model '{args.size}' ({spec.num_layers} blocks, width {spec.hidden}), image {s}², "
           f"{args.steps} steps, {args.reps} repetitions (median [min–max])", file=sys.stderr)
     run_pack()  # warm-up: loads and first-call costs out of the figures
-    per_stage, dpir_sampling, plain_sampling, pack_total, ref_total = {}, [], [], [], []
+    per_stage, dpir_sampling, plain_sampling, pack_total, ref_total, enc_ratio = {}, [], [], [], [], []
     ref = reference_runner(spec, models, device, image, args.steps) if not args.no_reference else None
     latent0 = torch.zeros(1, 16, s // 8, s // 8)
     for _ in range(args.reps):
@@ -224,6 +232,7 @@ def pipeline(args):
         dpir_sampling.append(stages["sampling"].seconds)
         pack_total.append(sum(m.seconds for m in stages.values()))
         plain_sampling.append(run_plain(positive, latent0).seconds)
+        enc_ratio.append(encode_decode_ratio())
         if ref is not None:
             ref_total.append(ref())
     total = statistics.median(pack_total)
@@ -233,6 +242,7 @@ def pipeline(args):
     print(f"| DPIR sampling / plain SD3 sampling (same transformer, steps, size) | {fmt(ratio, '×')} |")
     if ref_total:
         print(f"| diffusers reference end to end / pack end to end | {fmt([r / p for r, p in zip(ref_total, pack_total)], '×')} |")
+    print(f"| optimisation: robust encode computing the unused LQ decode / skipping it | {fmt(enc_ratio, '×')} |")
     print("\n| stage | seconds | share | peak memory (MiB, stage delta) |\n|---|---|---|---|")
     for k, ms in per_stage.items():
         secs = [m.seconds for m in ms]
@@ -292,7 +302,7 @@ def tiles(args):
     tile = args.tile
     overlap = tile // 8
 
-    def one_step(h, w):
+    def one_step(h, w, tile=tile, overlap=overlap):
         """One tiled sampling step over an h×w latent (tile prompts: the released one-prompt mode)."""
         z = torch.randn(1, 16, h, w, generator=torch.Generator().manual_seed(0))
         positive = [[torch.randn(1, 333, spec.joint_attention_dim), {"pooled_output": torch.randn(1, spec.pooled_projection_dim)}]]
@@ -319,11 +329,26 @@ def tiles(args):
         base = base or statistics.median(per_tile)
         print(f"| {k}×{k} | {n} | {fmt([m.seconds for m, _, _ in runs])} | {fmt(per_tile)} | "
               f"{statistics.median(per_tile) / base:.3f}× |")
+    clip = nodes["DPIRCLIPVisionLoader"]().load
+    clip1, clip2 = clip("clip1/model.safetensors")[0], clip("clip2/model.safetensors")[0]
+    img = torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
+    tset = ts.TileSet(128, 128, tile, overlap, [0, tile // 4, tile // 2], 1)
+    prompt_ratio = []
+    for _ in range(args.reps):
+        times = {}
+        for batch in (1, 16):
+            with Memory(device) as m:
+                nodes["DPIRTiledPrompt"]._tile_prompts(tset, img, clip1, clip2, batch=batch)
+            times[batch] = m.seconds
+        prompt_ratio.append(times[1] / times[16])
+    print(f"\noptimisation: per-tile visual prompts one crop per encoder call / 16 crops per call "
+          f"({len({t for p in tset.plans for t in p})} crops): {fmt(prompt_ratio, '×')}")
+    print(f"\nmemory of one tiled step, tile {args.memory_tile * 8} px, overlap {args.memory_tile} px:")
     print("\n| output | latent | tiles | peak memory (MiB) | step delta (MiB) | image-sized buffers (MiB) |\n"
           "|---|---|---|---|---|---|")
     for px in args.outputs:
         lat = px // 8
-        m, n, z = one_step(lat, lat)
+        m, n, z = one_step(lat, lat, args.memory_tile, args.memory_tile // 8)
         # buffers that scale with the image: latent, noise, x, the blended outputs, LQ latent and its features
         buffers = z.numel() * 4 * 6 + (lat // 2) ** 2 * spec.hidden * 4
         print(f"| {px}² | {lat}² | {n} | {m.peak_bytes / 2**20:9.0f} | {m.delta_bytes / 2**20:+9.0f} | "
@@ -344,6 +369,7 @@ def main():
     t.add_argument("--size", default="tiny", choices=["tiny", "small", "sd3-medium"])
     t.add_argument("--tile", type=int, default=32, help="latent tile size (128 = 1024 px)")
     t.add_argument("--tile-batch", type=int, default=4)
+    t.add_argument("--memory-tile", type=int, default=128, help="latent tile size for the 2K-8K memory table")
     t.add_argument("--outputs", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px")
     t.add_argument("--reps", type=int, default=3)
     t.add_argument("--cpu", action="store_true")

@@ -235,9 +235,9 @@ class DPIRTiledPrompt:
         return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE), "result": out}
 
     @staticmethod
-    def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary):
-        enc1 = ComfyVisionEncoder(clip_local, "clip_vision_local")
-        enc2 = ComfyVisionEncoder(clip_summary, "clip_vision_summary")
+    def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary, batch: int = 16):
+        enc1 = ComfyVisionEncoder(clip_local, "clip_vision_local", batch)
+        enc2 = ComfyVisionEncoder(clip_summary, "clip_vision_summary", batch)
         h, w = image.shape[-2:]
         global_tokens = dp.global_summary(image, enc1, enc2)
         boxes = {}
