@@ -99,22 +99,18 @@ def t5_embedding(tokenizer, t5, prompt: str) -> torch.Tensor:
 # ---------------------------------------------------------------- inference (§4)
 
 @torch.no_grad()
-def restore(image: torch.Tensor, transformer, control_conv, vae, clip1, clip2, t5_emb: torch.Tensor,
-            steps: int = 28, seed: int = 0, guidance_scale: float = 1.0, control_scale: float = 1.0):
-    """Official inference with the posterior mode, batch 1, image (1, 3, H, W) in [0, 1]."""
+def sample_latents(transformer, control_conv, z_lq, context, pooled, steps=28, seed=0, guidance_scale=1.0,
+                   control_scale=1.0):
+    """The released sampling loop: FlowMatchEuler (shift 3) from seeded CPU noise, zero uncond for CFG."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
-    z_lq = (vae.encode(image * 2 - 1).latent_dist.mode() - shift) * scale
-    context, pooled = dual_prompt(image, clip1, clip2, t5_emb, transformer.config.joint_attention_dim)
     if guidance_scale > 1:
         context = torch.cat([torch.zeros_like(context), context])
         pooled = torch.cat([torch.zeros_like(pooled), pooled])
-    latents = torch.randn(z_lq.shape, generator=torch.Generator("cpu").manual_seed(seed))
+    latents = torch.randn(z_lq.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(z_lq)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler.set_timesteps(steps)
-    state = {"z_lq": z_lq, "scale": control_scale}
-    handle = attach_lq_hook(transformer, control_conv, state)
+    handle = attach_lq_hook(transformer, control_conv, {"z_lq": z_lq, "scale": control_scale})
     try:
         for t in scheduler.timesteps:
             x = torch.cat([latents] * 2) if guidance_scale > 1 else latents
@@ -126,6 +122,18 @@ def restore(image: torch.Tensor, transformer, control_conv, vae, clip1, clip2, t
             latents = scheduler.step(noise_pred, t, latents).prev_sample
     finally:
         handle.remove()
+    return latents
+
+
+@torch.no_grad()
+def restore(image: torch.Tensor, transformer, control_conv, vae, clip1, clip2, t5_emb: torch.Tensor,
+            steps: int = 28, seed: int = 0, guidance_scale: float = 1.0, control_scale: float = 1.0):
+    """Official inference with the posterior mode, batch 1, image (1, 3, H, W) in [0, 1]."""
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    z_lq = (vae.encode(image * 2 - 1).latent_dist.mode() - shift) * scale
+    context, pooled = dual_prompt(image, clip1, clip2, t5_emb, transformer.config.joint_attention_dim)
+    latents = sample_latents(transformer, control_conv, z_lq, context, pooled, steps, seed, guidance_scale,
+                             control_scale)
     decoded = vae.decode(latents / scale + shift).sample
     return ((decoded + 1) / 2).clamp(0, 1)
 

@@ -31,29 +31,10 @@ def diffusers_models(pack_nodes):
 
 
 def reference_sample(transformer, control_sd, z_lq_raw, context, pooled, steps, seed, cfg, strength):
-    """Official sampling loop (diffusers scheduler + hook), returning the VAE-space latent."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
+    """The reference's sampling loop, returning the VAE-space latent (what ComfyUI's sampler returns)."""
     z_lq = (z_lq_raw - SPEC.vae_shift_factor) * SPEC.vae_scaling_factor
     conv = reference.control_conv_from_weights(control_sd)
-    latents = torch.randn(z_lq.shape, generator=torch.Generator("cpu").manual_seed(seed))
-    if cfg > 1:
-        context, pooled = torch.cat([torch.zeros_like(context), context]), torch.cat([torch.zeros_like(pooled), pooled])
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    scheduler.set_timesteps(steps)
-    handle = reference.attach_lq_hook(transformer, conv, {"z_lq": z_lq, "scale": strength})
-    try:
-        with torch.no_grad():
-            for t in scheduler.timesteps:
-                x = torch.cat([latents] * 2) if cfg > 1 else latents
-                v = transformer(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
-                                timestep=t.expand(x.shape[0])).sample
-                if cfg > 1:
-                    u, c = v.chunk(2)
-                    v = u + cfg * (c - u)
-                latents = scheduler.step(v, t, latents).prev_sample
-    finally:
-        handle.remove()
+    latents = reference.sample_latents(transformer, conv, z_lq, context, pooled, steps, seed, cfg, strength)
     return latents / SPEC.vae_scaling_factor + SPEC.vae_shift_factor
 
 
