@@ -99,6 +99,15 @@ def loaders(g: Graph, x=0):
     return image, model, robust, clip1, clip2, t5
 
 
+def prompts(g: Graph, image, robust, clip1, clip2, t5, **encode_widgets):
+    """Robust encode of the LQ, and its visual and T5 prompts."""
+    encode = g.add("DPIRRobustVAEEncode", (360, 0), encode_widgets, {"image": (image, 0), "vae": (robust, 0)})
+    visual = g.add("DPIRVisualPrompt", (720, 0), {}, {"clip_vision_local": (clip1, 0), "clip_vision_summary": (clip2, 0),
+                                                      "image": (encode, 1)})
+    text = g.add("DPIRT5TextPrompt", (720, 260), {"text": "a high-quality, sharp, detailed photo"}, {"clip": (t5, 0)})
+    return encode, visual, text
+
+
 def restore_chain(g: Graph, x, y, model, lq_branch, encode, robust, positive, negative, prefix, tiles=None):
     lq = g.add("DPIRApplyLQCondition", (x, y), {}, {"model": (model, 0), "lq_branch": (lq_branch, 1),
                                                    "lq_latent": (encode, 0)})
@@ -122,10 +131,7 @@ def restore_chain(g: Graph, x, y, model, lq_branch, encode, robust, positive, ne
 def dpir_restore(info):
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
-    encode = g.add("DPIRRobustVAEEncode", (360, 0), {}, {"image": (image, 0), "vae": (robust, 0)})
-    visual = g.add("DPIRVisualPrompt", (720, 0), {}, {"clip_vision_local": (clip1, 0), "clip_vision_summary": (clip2, 0),
-                                                      "image": (encode, 1)})
-    text = g.add("DPIRT5TextPrompt", (720, 260), {"text": "a high-quality, sharp, detailed photo"}, {"clip": (t5, 0)})
+    encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
     dual = g.add("DPIRDualPrompt", (1080, 0), {}, {"visual_prompt": (visual, 0), "text_prompt": (text, 0)})
     restore_chain(g, 360, 560, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore")
     g.add("MarkdownNote", (360, 900), {"text": (
@@ -139,10 +145,7 @@ def dpir_restore(info):
 def dpir_prompt_ablation(info):
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
-    encode = g.add("DPIRRobustVAEEncode", (360, 0), {}, {"image": (image, 0), "vae": (robust, 0)})
-    visual = g.add("DPIRVisualPrompt", (720, 0), {}, {"clip_vision_local": (clip1, 0), "clip_vision_summary": (clip2, 0),
-                                                      "image": (encode, 1)})
-    text = g.add("DPIRT5TextPrompt", (720, 260), {"text": "a high-quality, sharp, detailed photo"}, {"clip": (t5, 0)})
+    encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
     no_visual = g.add("ConditioningZeroOut", (1080, 0), {}, {"conditioning": (visual, 0)}, title="visual dropped")
     no_text = g.add("ConditioningZeroOut", (1080, 100), {}, {"conditioning": (text, 0)}, title="text dropped")
     rows = (("text only", (no_visual, 0), (text, 0), "dpir_text_only"),
@@ -161,11 +164,8 @@ def dpir_prompt_ablation(info):
 def dpir_restore_large(info):
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
-    encode = g.add("DPIRRobustVAEEncode", (360, 0), {"resize": "upscale factor", "upscale_factor": 4.0,
-                                                     "tiled_vae": "auto"}, {"image": (image, 0), "vae": (robust, 0)})
-    text = g.add("DPIRT5TextPrompt", (720, 260), {"text": "a high-quality, sharp, detailed photo"}, {"clip": (t5, 0)})
-    visual = g.add("DPIRVisualPrompt", (720, 0), {}, {"clip_vision_local": (clip1, 0), "clip_vision_summary": (clip2, 0),
-                                                      "image": (encode, 1)})
+    encode, visual, text = prompts(g, image, robust, clip1, clip2, t5, resize="upscale factor", upscale_factor=4.0,
+                                   tiled_vae="auto")
     dual = g.add("DPIRDualPrompt", (1080, 0), {}, {"visual_prompt": (visual, 0), "text_prompt": (text, 0)})
     tiles = g.add("DPIRTiledPrompt", (1080, 200), {}, {"clip_vision_local": (clip1, 0),
                                                        "clip_vision_summary": (clip2, 0), "lq_image": (encode, 1),
