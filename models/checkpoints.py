@@ -228,6 +228,46 @@ def _to_diffusers_transformer(sd: dict, source: str) -> tuple[dict, str]:
                          f"(first keys: {sorted(sd)[:3]})")
 
 
+def sd3_pos_embed(hidden: int, max_size: int, sample_size: int = 128, patch: int = 2) -> torch.Tensor:
+    """SD3's fixed 2-D sin-cos position table (1, max_size², hidden), as diffusers builds it."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    table = get_2d_sincos_pos_embed(hidden, max_size, base_size=sample_size // patch, interpolation_scale=1.0,
+                                    output_type="pt")
+    return table.float().unsqueeze(0)
+
+
+def _fix_pos_embed(sd: dict, config: dict | None, path: Path, notes: list) -> None:
+    """The position table the released scripts use.
+
+    The authors' scripts overwrite a loaded folder's table with a separate
+    ``pos_embed.t5`` file (``transformer.pos_embed.pos_embed.copy_(torch.load(
+    'pos_embed.t5'))``): when that file sits in or beside the transformer
+    folder it is used the same way. A missing or non-finite/all-zero table is
+    rebuilt as SD3's sin-cos table.
+    """
+    hidden = sd["pos_embed.proj.weight"].shape[0]
+    base = path if path.is_dir() else path.parent
+    for candidate in (base / "pos_embed.t5", base.parent / "pos_embed.t5"):
+        if candidate.is_file():
+            try:
+                table = torch.load(str(candidate), map_location="cpu", weights_only=True)
+            except Exception as e:  # weights_only refuses code; any failure is reported the same way
+                raise DPIRModelError(f"cannot read the position table '{candidate}': {str(e).splitlines()[0]}") from None
+            if not isinstance(table, torch.Tensor) or table.ndim != 3 or table.shape[-1] != hidden:
+                raise DPIRModelError(f"'{candidate}' should hold a (1, N, {hidden}) position table")
+            sd["pos_embed.pos_embed"] = table.float()
+            notes.append(f"position table taken from {candidate}, as the released scripts do")
+            return
+    table = sd.get("pos_embed.pos_embed")
+    if table is None or not torch.isfinite(table).all() or not table.abs().max() > 0:
+        size = (config or {}).get("pos_embed_max_size") or (round(math.sqrt(table.shape[1])) if table is not None else 192)
+        sample = (config or {}).get("sample_size") or 128
+        sd["pos_embed.pos_embed"] = sd3_pos_embed(hidden, size, sample, sd["pos_embed.proj.weight"].shape[-1])
+        notes.append(f"the checkpoint's position table was {'missing' if table is None else 'unusable'}: "
+                     f"rebuilt SD3's sin-cos table ({size}×{size})")
+
+
 def _check_lq_fits(lq: dict, config: dict, source: str) -> None:
     from .lq_condition import LQCondition
 
@@ -267,6 +307,7 @@ def load_transformer(path, lq_path=None) -> TransformerCheckpoint:
         raise DPIRModelError(f"{source} holds only the LQ branch (control_conv); load the DPIR transformer "
                              "itself here and give this file as the separate LQ branch")
     sd, naming = _to_diffusers_transformer(sd, source)
+    _fix_pos_embed(sd, config, path, notes)
     inferred = infer_sd3_config(sd)
     if config is not None:
         # the folder's config wins where it names an architecture field; it must agree with the weights

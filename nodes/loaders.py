@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -81,6 +82,9 @@ class DPIRModelLoader:
         path = _diffusers_folder(resolve(DPIR_FOLDER, transformer, "dpir_transformer"))
         lq_path = None if lq_branch in (None, "", INSIDE) else resolve(DPIR_FOLDER, lq_branch, "dpir_transformer")
         ckpt = load_transformer(path, lq_path)
+        logging.info("DPIR: %s", ckpt.describe())
+        for note in ckpt.notes:
+            logging.warning("DPIR: %s", note)
         if ckpt.lq_state_dict is None:
             raise DPIRModelError(f"{ckpt.source} has no LQ branch (control_conv): it is a plain SD3 transformer. "
                                  "Use the DPIR transformer, or select the LQ branch file in 'lq_branch'")

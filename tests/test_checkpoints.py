@@ -172,3 +172,27 @@ def test_four_channel_vae_is_refused(tmp_path):
     vae.save_pretrained(tmp_path / "sd15_vae")
     with pytest.raises(DPIRModelError, match="4-channel VAE"):
         load_vae(tmp_path / "sd15_vae")
+
+
+def test_missing_position_table_is_rebuilt_as_sd3s(tmp_path):
+    from diffusers import SD3Transformer2DModel
+    from safetensors.torch import save_file
+
+    sd = tm.transformer_state_dict(SPEC)
+    del sd["pos_embed.pos_embed"]
+    save_file(sd, str(tmp_path / "no_pos.safetensors"))
+    ckpt = load_transformer(tmp_path / "no_pos.safetensors")
+    fresh = SD3Transformer2DModel(**{k: v for k, v in ckpt.config.items()})  # diffusers' own table
+    torch.testing.assert_close(ckpt.state_dict["pos_embed.pos_embed"], fresh.pos_embed.pos_embed)
+    assert any("rebuilt" in n for n in ckpt.notes)
+
+
+def test_pos_embed_t5_file_replaces_the_table_like_the_released_scripts(tmp_path):
+    folder = tm.write_transformer_folder(tmp_path / "transformer", SPEC)
+    table = torch.randn(1, SPEC.pos_embed_max_size ** 2, SPEC.hidden)
+    torch.save(table, tmp_path / "pos_embed.t5")  # beside the folder, as in the authors' working directory
+    ckpt = load_transformer(folder)
+    assert torch.equal(ckpt.state_dict["pos_embed.pos_embed"], table)
+    torch.save({"x": table, "y": 1}, tmp_path / "pos_embed.t5")
+    with pytest.raises(DPIRModelError, match="position table"):
+        load_transformer(folder)
