@@ -1,0 +1,22 @@
+"""Training entry point of ComfyUI-DPIR (robust VAE, DPIR, T5 cache, export). See README → Training.
+
+    python train.py dpir --config training/configs/dpir.yaml
+    accelerate launch --config_file training/configs/accelerate/ddp.yaml train.py dpir --config my.yaml
+
+The pack's folder name (ComfyUI-DPIR) is no Python identifier, so the pack
+is imported under the alias ``dpir_pack`` (as the tests do).
+"""
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if "dpir_pack" not in sys.modules:
+    _pkg = types.ModuleType("dpir_pack")
+    _pkg.__path__ = [str(ROOT)]
+    sys.modules["dpir_pack"] = _pkg
+
+from dpir_pack.training.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
