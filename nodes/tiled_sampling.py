@@ -56,6 +56,7 @@ class TileSet:
         self.text = text  # T5 tokens (1 or B, 256, W) for the per-tile contexts
         self.image_size = image_size
         self._weights = {}
+        self._on_device = {}
 
     def __deepcopy__(self, memo):
         return self
@@ -74,10 +75,17 @@ class TileSet:
             self._weights[key] = [w.to(device=device, dtype=dtype) for w in blend.weights]
         return self._weights[key]
 
-    def context(self, index: int, tile_index: int, batch: int):
-        tokens, pooled = self.visual[(index, tile_index)]
-        text = self.text.to(tokens.device)
-        ctx = dp.dual_context(dp.pad_features(tokens.float(), text.shape[-1]), text.float())
+    def context(self, index: int, tile_index: int, batch: int, device):
+        """A tile's dual prompt on ``device``; its visual half is moved there once, not at every step."""
+        key = (index, tile_index, device)
+        if key not in self._on_device:
+            tokens, pooled = self.visual[(index, tile_index)]
+            self._on_device[key] = (tokens.to(device), pooled.to(device))
+        tokens, pooled = self._on_device[key]
+        if (device, "text") not in self._on_device:
+            self._on_device[(device, "text")] = self.text.to(device).float()
+        text = self._on_device[(device, "text")]
+        ctx = dp.dual_context(dp.pad_features(tokens.float(), text.shape[-1]), text)
         return _to_batch(ctx, batch), _to_batch(pooled.float(), batch)
 
 
@@ -110,7 +118,7 @@ class TiledCondBatch:
             return 0
         return int(torch.argmin((sigmas.to(sigma.device) - sigma[0]).abs()))
 
-    def _tile_conds(self, conds, group, batch, index, positive):
+    def _tile_conds(self, conds, group, batch, index, positive, device):
         out = []
         for c in conds:
             if "area" in c or "mask" in c:
@@ -122,7 +130,7 @@ class TiledCondBatch:
                 if crops[0] is not None:
                     mc[key] = type(value)(torch.cat(crops))
             if positive and self.tiles.visual is not None:
-                ctx, pooled = zip(*(self.tiles.context(index, i, batch) for i, _ in group))
+                ctx, pooled = zip(*(self.tiles.context(index, i, batch, device) for i, _ in group))
                 mc["c_crossattn"] = comfy.conds.CONDCrossAttn(torch.cat(ctx))
                 mc["y"] = comfy.conds.CONDRegular(torch.cat(pooled))
             n["model_conds"] = mc
@@ -151,7 +159,7 @@ class TiledCondBatch:
                 group = [(i, t) for i, t in chunk if (t.height, t.width) == shape]
                 tiles = [t for _, t in group]
                 x_t = torch.cat([x[:, :, t.top:t.bottom, t.left:t.right] for t in tiles])
-                tile_conds = [None if c is None else self._tile_conds(c, group, b, index, k == 0)
+                tile_conds = [None if c is None else self._tile_conds(c, group, b, index, k == 0, x.device)
                               for k, c in enumerate(conds)]
                 res = comfy.samplers.calc_cond_batch(model, tile_conds, x_t, sigma.repeat(len(tiles)), model_options)
                 for k, r in enumerate(res):
