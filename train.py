@@ -16,7 +16,12 @@ if "dpir_pack" not in sys.modules:
     _pkg.__path__ = [str(ROOT)]
     sys.modules["dpir_pack"] = _pkg
 
-from dpir_pack.training.cli import main  # noqa: E402
-
 if __name__ == "__main__":
+    from dpir_pack.training.cpu_launch import relaunch_if_needed
+
+    code = relaunch_if_needed(str(Path(__file__).resolve()), sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from dpir_pack.training.cli import main
+
     sys.exit(main())
