@@ -107,6 +107,11 @@ def make_accelerator(run: RunConfig):
 
     import os
 
+    from accelerate.state import AcceleratorState
+
+    # a process may run several trainers one after the other (tests, notebooks): accelerate keeps one
+    # AcceleratorState per process; forget its precision settings (the process group stays)
+    AcceleratorState._reset_state()
     kwargs = {}
     if not os.environ.get("ACCELERATE_MIXED_PRECISION"):
         kwargs["mixed_precision"] = run.mixed_precision
