@@ -47,7 +47,7 @@ def cmd_export(args) -> int:
         from .vae_trainer import VAETrainer as T, vae_config_from_dict as parse
     else:
         from .dpir_trainer import DPIRTrainer as T, dpir_config_from_dict as parse
-    trainer = T(parse(d)).setup()
+    trainer = T(parse(d)).setup(need_data=False)
     paths = trainer.export(args.out)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
     return 0

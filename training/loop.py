@@ -50,13 +50,13 @@ class TrainerBase:
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def setup(self):
+    def setup(self, need_data: bool = True):
         run = self.run_cfg
         self.accelerator = acc = make_accelerator(run)
         setup_logging(acc)
         torch.manual_seed(run.seed)
-        self.dataset = ImageFolders(self.cfg.data, seed=run.seed)
-        if acc.is_main_process:
+        self.dataset = ImageFolders(self.cfg.data, seed=run.seed) if need_data else None
+        if acc.is_main_process and need_data:
             log.info("%s: %d training images in %s (%d unreadable skipped)", self.name, len(self.dataset),
                      list(map(str, self.cfg.data.folders)), len(self.dataset.skipped))
         model = self.build(acc)

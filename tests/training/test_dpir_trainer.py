@@ -188,3 +188,17 @@ def test_config_errors(tiny_files, tiny_images, tmp_path):
         from dpir_pack.training.common import OptimConfig, make_optimizer
 
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(use_8bit_adam=True))
+
+
+def test_export_command_from_a_checkpoint(run60, tmp_path):
+    from dpir_pack.training.cli import main
+
+    cfg = tmp_path / "cfg.json"
+    d = json.loads(json.dumps(run60["config"]))
+    d["data"]["folders"] = [str(tmp_path / "photos_not_needed_for_export")]
+    cfg.write_text(json.dumps(d))
+    assert main(["export", "--config", str(cfg), "--checkpoint", str(run60["out"] / "checkpoints" / "step-60"),
+                 "--out", str(tmp_path / "exported"), "--dtype", "fp32"]) == 0
+    inputs = denoiser_inputs(run60["trainer"])
+    torch.testing.assert_close(loaded_output(tmp_path / "exported" / "transformer", inputs),
+                               loaded_output(run60["out"] / "export" / "transformer", inputs), rtol=0, atol=0)
