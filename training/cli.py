@@ -5,6 +5,7 @@
     python train.py degrade  INPUT.png -o OUT_DIR [--seed 0] [--config dpir.yaml]   # look at the degradations
     python train.py cache-t5 --config dpir.yaml --out t5_cache/                    # precompute caption embeddings
     python train.py export   --config dpir.yaml --checkpoint OUT/checkpoints/step-N --out exported/
+    python train.py bench    [--resolution 1024] [--batch 1]   # images/s, peak GPU memory (random SD3-medium)
 
 Every subcommand runs under ``accelerate launch`` as well (one GPU, several, several machines).
 """
@@ -122,6 +123,16 @@ def main(argv=None) -> int:
     sp.add_argument("-o", "--output", required=True)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--count", type=int, default=4)
+    sp = sub.add_parser("bench", help="images/s and peak memory of a training step, random SD3-medium shape")
+    sp.add_argument("--resolution", type=int, default=1024)
+    sp.add_argument("--batch", type=int, default=1)
+    sp.add_argument("--steps", type=int, default=5)
+    sp.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
+    sp.add_argument("--trainable", choices=("full", "attention", "lq"), default="full")
     args = p.parse_args(argv)
+    if args.cmd == "bench":
+        from .benchmark import main as bench_main
+
+        return bench_main(args)
     return {"vae": cmd_vae, "dpir": cmd_dpir, "export": cmd_export, "cache-t5": cmd_cache_t5,
             "degrade": cmd_degrade}[args.cmd](args)

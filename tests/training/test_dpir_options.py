@@ -98,3 +98,14 @@ def test_cli_degrade_and_help(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0 and "cache-t5" in res.stdout
+
+
+def test_step_benchmark_runs_on_a_small_shape():
+    from dpir_pack.training.benchmark import bench
+
+    small = {"sample_size": 32, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 64,
+             "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 128,
+             "pooled_projection_dim": 64, "out_channels": 16, "pos_embed_max_size": 32}
+    for ckpt in (True,):
+        r = bench(resolution=64, batch=1, steps=1, warmup=1, checkpointing=ckpt, config=small, device="cpu")
+        assert r["images_per_s"] > 0 and r["gradient_checkpointing"] is ckpt and r["params_trained_M"] > 0
