@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..models.colour_fix import COLOUR_FIX_METHODS, colour_fix
 from .images import to_bchw, to_bhwc
+from .web_ui import compare_ui
 
 
 class DPIRColourFix:
@@ -10,7 +11,8 @@ class DPIRColourFix:
                    "LQ's low frequencies — the released default; adain: match per-channel mean and std). Also crops "
                    "the output back to the exact LQ size (the encoder pads to multiples of 16).")
     CATEGORY = "DPIR"
-    FUNCTION = "fix"
+    FUNCTION = "fix_with_preview"
+    OUTPUT_NODE = True  # its before/after view is re-sent when the result comes from the cache, as Preview Image's
     RETURN_TYPES = ("IMAGE",)
 
     @classmethod
@@ -28,6 +30,11 @@ class DPIRColourFix:
         if ch >= h and cw >= w and ch - h < 16 and cw - w < 16:  # the encoder's padding
             content = content[:, :, :h, :w]
         return (to_bhwc(colour_fix(content, style, method)),)
+
+    def fix_with_preview(self, image, lq_image, method):
+        """``fix`` plus the before/after view's images (web/js/dpir_compare.js); the outputs are the same."""
+        out = self.fix(image, lq_image, method)
+        return {"ui": compare_ui(to_bhwc(to_bchw(lq_image, "LQ image")), out[0]), "result": out}
 
 
 NODE_CLASS_MAPPINGS = {"DPIRColourFix": DPIRColourFix}

@@ -89,13 +89,17 @@ class Graph:
 
 
 def loaders(g: Graph, x=0):
+    # spaced so a loader whose file is missing has room for the guidance it then shows (web/js/dpir_guidance.js)
     image = g.add("LoadImage", (x, 0), {"image": "example.png"}, size=(300, 320))
-    model = g.add("DPIRModelLoader", (x, 360), {"transformer": FILES["transformer"]})
-    sd3_vae = g.add("VAELoader", (x, 560), {"vae_name": FILES["sd3_vae"]}, size=(300, 60))
-    robust = g.add("DPIRRobustVAELoader", (x, 660), {"robust_vae": FILES["robust_vae"]}, {"vae": (sd3_vae, 0)})
-    clip1 = g.add("DPIRCLIPVisionLoader", (x, 800), {"clip_name": FILES["clip_local"]}, title="CLIP vision 1 (local, ViT-B/32)")
-    clip2 = g.add("DPIRCLIPVisionLoader", (x, 900), {"clip_name": FILES["clip_summary"]}, title="CLIP vision 2 (summary, ViT-bigG)")
-    t5 = g.add("CLIPLoader", (x, 1000), {"clip_name": FILES["t5"], "type": "sd3"}, title="T5-XXL (Load CLIP, type sd3)")
+    model = g.add("DPIRModelLoader", (x, 360), {"transformer": FILES["transformer"]}, size=(340, 130))
+    sd3_vae = g.add("VAELoader", (x, 700), {"vae_name": FILES["sd3_vae"]}, size=(300, 60))
+    robust = g.add("DPIRRobustVAELoader", (x, 800), {"robust_vae": FILES["robust_vae"]}, {"vae": (sd3_vae, 0)},
+                   size=(340, 80))
+    clip1 = g.add("DPIRCLIPVisionLoader", (x, 1060), {"clip_name": FILES["clip_local"]}, size=(340, 60),
+                  title="CLIP vision 1 (local, ViT-B/32)")
+    clip2 = g.add("DPIRCLIPVisionLoader", (x, 1340), {"clip_name": FILES["clip_summary"]}, size=(340, 60),
+                  title="CLIP vision 2 (summary, ViT-bigG)")
+    t5 = g.add("CLIPLoader", (x, 1620), {"clip_name": FILES["t5"], "type": "sd3"}, title="T5-XXL (Load CLIP, type sd3)")
     return image, model, robust, clip1, clip2, t5
 
 
@@ -124,8 +128,10 @@ def restore_chain(g: Graph, x, y, model, lq_branch, encode, robust, positive, ne
     else:
         decode = g.add("VAEDecodeTiled", (x + 1080, y), {"tile_size": 1024, "overlap": 64},
                        {"samples": (sample, 0), "vae": (robust, 0)})
-    fix = g.add("DPIRColourFix", (x + 1080, y + 100), {}, {"image": (decode, 0), "lq_image": (encode, 1)})
-    g.add("SaveImage", (x + 1440, y), {"filename_prefix": prefix}, {"images": (fix, 0)}, size=(400, 400))
+    # room for the before/after view the node shows after a run (web/js/dpir_compare.js)
+    fix = g.add("DPIRColourFix", (x + 1080, y + 100), {}, {"image": (decode, 0), "lq_image": (encode, 1)},
+                size=(360, 420))
+    g.add("SaveImage", (x + 1480, y), {"filename_prefix": prefix}, {"images": (fix, 0)}, size=(400, 400))
 
 
 def dpir_restore(info):
@@ -137,8 +143,10 @@ def dpir_restore(info):
     g.add("MarkdownNote", (360, 900), {"text": (
         "## DPIR restore\nOfficial defaults: LQ resized to long side 1024, robust VAE encode, CLIP global-local "
         "visual prompt + T5 prompt, LQ condition strength 1, Euler / normal / 28 steps / shift 3 / CFG 1, wavelet "
-        "colour fix.\n\nModel files and their folders: see the pack's README (Models). Without T5-XXL, pick a T5 "
-        "embedding file in 'DPIR T5 Text Prompt' and delete the Load CLIP node.")}, size=(500, 220))
+        "colour fix.\n\nAfter a run, **DPIR Colour Fix** shows LQ and result in one split view: move the pointer "
+        "to move the split, scroll to zoom, double-click to fit.\n\nModel files: a loader whose file is missing "
+        "says in the node which file, from where, into which folder (also the README's Models table). Without "
+        "T5-XXL, pick a T5 embedding file in 'DPIR T5 Text Prompt' and delete the Load CLIP node.")}, size=(500, 300))
     return g.ui()
 
 
@@ -153,11 +161,12 @@ def dpir_prompt_ablation(info):
             ("dual", (visual, 0), (text, 0), "dpir_dual"))
     for i, (title, v, t, prefix) in enumerate(rows):
         dual = g.add("DPIRDualPrompt", (1440, 300 * i), {}, {"visual_prompt": v, "text_prompt": t}, title=f"prompt: {title}")
-        restore_chain(g, 360, 600 + 520 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
+        restore_chain(g, 360, 600 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
     g.add("MarkdownNote", (1800, 0), {"text": (
         "## Prompt ablation (paper, Table 5)\nThe same image restored three times with the same seed: text prompt "
         "only (visual tokens and pooled vector zeroed, as in training's caption dropout), visual prompt only (T5 "
-        "zeroed), and both.")}, size=(460, 180))
+        "zeroed), and both. Each row's **DPIR Colour Fix** shows its result against the LQ image (split view: "
+        "pointer = split, scroll = zoom).")}, size=(460, 200))
     return g.ui()
 
 
@@ -167,10 +176,11 @@ def dpir_restore_large(info):
     encode, visual, text = prompts(g, image, robust, clip1, clip2, t5, resize="upscale factor", upscale_factor=4.0,
                                    tiled_vae="auto")
     dual = g.add("DPIRDualPrompt", (1080, 0), {}, {"visual_prompt": (visual, 0), "text_prompt": (text, 0)})
-    tiles = g.add("DPIRTiledPrompt", (1080, 200), {}, {"clip_vision_local": (clip1, 0),
-                                                       "clip_vision_summary": (clip2, 0), "lq_image": (encode, 1),
-                                                       "text_prompt": (text, 0)}, size=(340, 300))
-    g.add("PreviewImage", (1440, 200), {}, {"images": (tiles, 1)}, size=(400, 300), title="tile plan")
+    # room for the live tile overlay (web/js/dpir_tiles.js)
+    tiles = g.add("DPIRTiledPrompt", (1440, 0), {}, {"clip_vision_local": (clip1, 0),
+                                                     "clip_vision_summary": (clip2, 0), "lq_image": (encode, 1),
+                                                     "text_prompt": (text, 0)}, size=(400, 540))
+    g.add("PreviewImage", (1880, 0), {}, {"images": (tiles, 1)}, size=(400, 300), title="tile plan")
     restore_chain(g, 360, 600, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore_large", tiles=tiles)
     g.add("MarkdownNote", (360, 1000), {"text": (
         "## DPIR restore, large images (2K–8K)\nUpscales ×4 and samples in 1024 px tiles: each tile gets its own "
@@ -178,7 +188,9 @@ def dpir_restore_large(info):
         "tiles blend with Gaussian weights and the grid moves a quarter tile per step so no seam stays. "
         "Knobs: tile size/overlap and prompt mode in 'DPIR Tiled Global-Local Prompt', tile batch in the "
         "Sampler Patch (memory per step ~ tile batch × tile size², independent of the image size). The VAE "
-        "works in tiles above 2048² px; the colour fix runs once on the stitched image.")}, size=(520, 240))
+        "works in tiles above 2048² px; the colour fix runs once on the stitched image.\n\nThe Tiled Prompt node "
+        "draws the tile grid over the LQ image and redraws it as you change tile size/overlap, with the tile count "
+        "and the memory per tile batch — check them before a long run.")}, size=(520, 300))
     return g.ui()
 
 

@@ -1,0 +1,99 @@
+// Shared helpers of the DPIR web extensions (no side effects: the server loads every .js under web/ as an extension).
+
+export const PACK = 'ComfyUI-DPIR'
+
+// A DOM widget that is never saved into the workflow nor sent with the prompt.
+export function addPanel(node, name, element, minHeight) {
+  const widget = node.addDOMWidget(name, name, element, {
+    serialize: false,
+    hideOnZoom: true,
+    getMinHeight: () => minHeight
+  })
+  widget.serialize = false
+  // keep pointer and wheel gestures inside the panel (otherwise the canvas drags the node / zooms the graph)
+  for (const type of ['pointerdown', 'pointermove', 'pointerup', 'dblclick', 'contextmenu'])
+    element.addEventListener(type, (e) => e.stopPropagation())
+  element.addEventListener('wheel', (e) => e.stopPropagation(), { passive: true })
+  return widget
+}
+
+export function el(tag, props = {}, children = []) {
+  const e = document.createElement(tag)
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'style') Object.assign(e.style, v)
+    else if (k === 'dataset') Object.assign(e.dataset, v)
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v)
+    else e[k] = v
+  }
+  for (const c of [].concat(children)) e.append(c)
+  return e
+}
+
+// Grow a node so its panels get room (never shrinks what the user chose).
+export function ensureSize(node, minW, minH) {
+  const want = node.computeSize?.() ?? [0, 0]
+  const w = Math.max(node.size[0], minW, want[0])
+  const h = Math.max(node.size[1], minH, want[1])
+  if (w !== node.size[0] || h !== node.size[1]) node.setSize([w, h])
+  node.setDirtyCanvas?.(true, true)
+}
+
+// A canvas backing store matching its CSS box (device pixels; sharper when the graph is zoomed in).
+export function fitCanvas(canvas, zoom = 1) {
+  const ratio = (window.devicePixelRatio || 1) * Math.min(4, Math.max(1, zoom))
+  const w = Math.max(1, Math.round(canvas.clientWidth * ratio))
+  const h = Math.max(1, Math.round(canvas.clientHeight * ratio))
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w
+    canvas.height = h
+  }
+  return ratio
+}
+
+export function viewURL(api, ref) {
+  const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || '', type: ref.type || 'temp' })
+  return api.apiURL(`/view?${q}`)
+}
+
+export function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image()
+    img.onload = () => resolve(img)
+    img.onerror = () => reject(new Error(`could not load ${src}`))
+    img.src = src
+  })
+}
+
+export function graphScale(app) {
+  return app.canvas?.ds?.scale ?? 1
+}
+
+// The node feeding input `name` of `node`, through legacy Reroute nodes.
+export function inputNode(node, name) {
+  let slot = node.findInputSlot?.(name)
+  let n = node
+  for (let hops = 0; hops < 16; hops++) {
+    if (slot == null || slot < 0) return null
+    const src = n.getInputNode?.(slot)
+    if (!src) return null
+    if (src.type !== 'Reroute') return src
+    n = src
+    slot = 0
+  }
+  return null
+}
+
+export function widget(node, name) {
+  return node?.widgets?.find((w) => w.name === name)
+}
+
+export function wrapCallback(w, after) {
+  if (!w || w.__dpirWrapped) return
+  const cb = w.callback
+  w.callback = function (...args) {
+    const r = cb?.apply(this, args)
+    after()
+    return r
+  }
+  w.__dpirWrapped = true
+}
