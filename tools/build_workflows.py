@@ -161,7 +161,7 @@ def dpir_prompt_ablation(info):
             ("dual", (visual, 0), (text, 0), "dpir_dual"))
     for i, (title, v, t, prefix) in enumerate(rows):
         dual = g.add("DPIRDualPrompt", (1440, 300 * i), {}, {"visual_prompt": v, "text_prompt": t}, title=f"prompt: {title}")
-        restore_chain(g, 360, 600 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
+        restore_chain(g, 360, 760 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
     g.add("MarkdownNote", (1800, 0), {"text": (
         "## Prompt ablation (paper, Table 5)\nThe same image restored three times with the same seed: text prompt "
         "only (visual tokens and pooled vector zeroed, as in training's caption dropout), visual prompt only (T5 "
