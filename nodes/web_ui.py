@@ -38,6 +38,13 @@ LOADER_KINDS = {
 LOADER_FOLDERS = {"DPIRModelLoader": "dpir", "DPIRRobustVAELoader": "dpir", "DPIRCLIPVisionLoader": "clip_vision"}
 
 
+def serving() -> bool:
+    """True inside a running ComfyUI server (a browser may show the views); False in cli.py and in-process tests,
+    where no preview files are written."""
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None) is not None
+
+
 def _suffix() -> str:
     return "".join(random.choice(string.ascii_lowercase) for _ in range(5))
 
@@ -61,6 +68,8 @@ def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict]:
 
 def compare_ui(lq_image: torch.Tensor, restored: torch.Tensor) -> dict:
     """``{"dpir_compare": [...]}``: one entry per restored image, with its LQ image (the LQ batch may be 1)."""
+    if not serving():
+        return {"dpir_compare": []}
     restored_refs = save_temp_images(restored, "dpir_restored")
     lq = lq_image if lq_image.shape[0] in (1, restored.shape[0]) else lq_image[:1]
     lq_refs = save_temp_images(lq, "dpir_lq")
@@ -75,6 +84,8 @@ def tiles_ui(lq_image: torch.Tensor, tiles, tile_size: int, tile_overlap: int, l
 
     ``tiles`` are ``[x, y, width, height]`` in image pixels, clipped to the image (as the preview draws them).
     """
+    if not serving():
+        return {"dpir_tiles": []}
     h, w = lq_image.shape[1:3]
     rects = []
     for t in tiles.plans[0]:
@@ -104,9 +115,10 @@ def register_routes() -> bool:
     its aiohttp app from that table after loading the custom nodes. Outside a server (tests, cli.py)
     there is no instance and nothing is added.
     """
-    server = sys.modules.get("server")
-    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
-    if instance is None or getattr(instance, "_dpir_routes", False):
+    if not serving():
+        return False
+    instance = sys.modules["server"].PromptServer.instance
+    if getattr(instance, "_dpir_routes", False):
         return False
     from aiohttp import web
 
