@@ -185,7 +185,9 @@ def pipeline(args):
         with Memory(device) as m:
             patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
             _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, args.steps, 1.0, 3.0)
-            noise = comfy.sample.prepare_noise(latent["samples"], 0)
+        stages["LQ condition + sampler patch (once per image)"] = m
+        noise = comfy.sample.prepare_noise(latent["samples"], 0)
+        with Memory(device) as m:
             out = guider.sample(noise, latent["samples"], sampler, sigmas, seed=0)
         stages["sampling"] = m
         with Memory(device) as m:
