@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import DPIRModelError
@@ -44,6 +43,12 @@ def _describe(path: Path) -> str:
     return f"'{path}'"
 
 
+def pickled_global(error: Exception) -> str | None:
+    """The Python object a ``weights_only`` load refused (e.g. 'builtins.exec'), or None if it refused none."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return m.group(1) if m else None
+
+
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of one weight file, with a clear error for every way it can be broken."""
     if not path.exists():
@@ -54,19 +59,24 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # SafetensorError, OSError...: whatever a broken file makes the reader raise
             raise DPIRModelError(f"model file {_describe(path)} is not a readable safetensors file ({e}); "
                                  "it is probably truncated or corrupted: download it again") from None
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
         except pickle.UnpicklingError as e:
+            culprit = pickled_global(e)
+            if culprit is None:  # not code, just bytes the unpickler does not understand
+                raise DPIRModelError(f"model file {_describe(path)} cannot be read as a PyTorch state dict; it is "
+                                     "probably truncated or corrupted: download it again") from None
             raise DPIRModelError(
-                f"refusing to load {_describe(path)}: it contains Python objects other than tensors, which could "
-                f"run code when loaded ({str(e).splitlines()[0]}). Use the official safetensors file, or a .pth "
-                "that holds only a state dict of tensors") from None
-        except (RuntimeError, OSError, EOFError, ValueError) as e:
-            raise DPIRModelError(f"model file {_describe(path)} cannot be read as a PyTorch state dict ({e}); "
+                f"refusing to load {_describe(path)}: it contains Python objects other than tensors ({culprit}), "
+                "which could run code when loaded. Use the official safetensors file, or a .pth that holds only a "
+                "state dict of tensors") from None
+        except Exception as e:  # RuntimeError, EOFError, IndexError...: whatever garbage makes the unpickler raise
+            raise DPIRModelError(f"model file {_describe(path)} cannot be read as a PyTorch state dict "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                                  "it is probably truncated or corrupted: download it again") from None
         # training scripts often wrap the weights one level down
         while isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
@@ -150,14 +160,32 @@ class TransformerCheckpoint:
                 f"pooled {cfg['pooled_projection_dim']}) {lq}")
 
 
-def infer_sd3_config(sd: dict) -> dict:
+# the weights an SD3 transformer's architecture is read from, with their number of dimensions
+_SD3_ANCHORS = {"pos_embed.proj.weight": 4, "pos_embed.pos_embed": 3, "context_embedder.weight": 2,
+                "time_text_embed.text_embedder.linear_1.weight": 2, "proj_out.weight": 2}
+
+
+def infer_sd3_config(sd: dict, source: str = "the transformer") -> dict:
     """``SD3Transformer2DModel`` config from diffusers-named weights (head size 64 as in every SD3)."""
+    for key, ndim in _SD3_ANCHORS.items():
+        t = sd.get(key)
+        if not isinstance(t, torch.Tensor):
+            raise DPIRModelError(f"{source} lacks {key}, so it is not a complete SD3 transformer: the file is "
+                                 "truncated or another model; use the official DPIR transformer")
+        if t.ndim != ndim or 0 in t.shape:
+            raise DPIRModelError(f"{source}: {key} has the shape {tuple(t.shape)}, which no SD3 transformer has; "
+                                 "the file is corrupted or another model")
     proj = sd["pos_embed.proj.weight"]
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
     if hidden % 64:
         raise DPIRModelError(f"transformer width {hidden} is not a multiple of SD3's 64-wide attention heads")
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
     pos = sd["pos_embed.pos_embed"]
+    side = math.isqrt(pos.shape[1])
+    if side * side != pos.shape[1] or sd["proj_out.weight"].shape[0] % (patch * patch) or not blocks:
+        raise DPIRModelError(f"{source}: its position table ({pos.shape[1]} entries), output projection or "
+                             "transformer blocks do not describe an SD3 transformer; the file is corrupted or "
+                             "another model")
     return {
         "sample_size": 128,
         "patch_size": patch,
@@ -169,18 +197,22 @@ def infer_sd3_config(sd: dict) -> dict:
         "caption_projection_dim": sd["context_embedder.weight"].shape[0],
         "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
         "out_channels": sd["proj_out.weight"].shape[0] // (patch * patch),
-        "pos_embed_max_size": round(math.sqrt(pos.shape[1])),
+        "pos_embed_max_size": side,
         "dual_attention_layers": tuple(sorted(i for i in blocks if f"transformer_blocks.{i}.attn2.to_q.weight" in sd)),
         "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in sd else None,
     }
 
 
-def _expected_shapes(config: dict) -> dict[str, torch.Size]:
+def _expected_shapes(config: dict, source: str = "the transformer") -> dict[str, torch.Size]:
     from diffusers import SD3Transformer2DModel
 
     args = {k: v for k, v in config.items() if not k.startswith("_")}
-    with torch.device("meta"):
-        model = SD3Transformer2DModel.from_config(args)
+    try:
+        with torch.device("meta"):
+            model = SD3Transformer2DModel.from_config(args)
+    except Exception as e:  # whatever diffusers raises for a geometry it cannot build
+        raise DPIRModelError(f"{source}: its weights describe an SD3 transformer that cannot be built "
+                             f"({type(e).__name__}: {str(e)[:200]}); the file is corrupted or another model") from None
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
@@ -218,6 +250,9 @@ def _to_diffusers_transformer(sd: dict, source: str) -> tuple[dict, str]:
             converted = convert_sd3_transformer_checkpoint_to_diffusers(rest)
         except KeyError as e:
             raise DPIRModelError(f"{source}: MMDiT weights lack {e.args[0]!r}; the file is incomplete") from None
+        except Exception as e:  # IndexError, RuntimeError...: a tensor of an impossible shape
+            raise DPIRModelError(f"{source}: MMDiT weights of impossible shapes ({type(e).__name__}: {e}); the file "
+                                 "is corrupted") from None
         converted.update(rest)
         return converted, "SAI/ComfyUI MMDiT names"
     kind = _foreign_kind(sd)
@@ -308,7 +343,7 @@ def load_transformer(path, lq_path=None) -> TransformerCheckpoint:
                              "itself here and give this file as the separate LQ branch")
     sd, naming = _to_diffusers_transformer(sd, source)
     _fix_pos_embed(sd, config, path, notes)
-    inferred = infer_sd3_config(sd)
+    inferred = infer_sd3_config(sd, source)
     if config is not None:
         # the folder's config wins where it names an architecture field; it must agree with the weights
         given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in inferred}
@@ -316,7 +351,7 @@ def load_transformer(path, lq_path=None) -> TransformerCheckpoint:
                  if k not in ("sample_size",) and given[k] != inferred[k]}
         if clash:
             notes.append(f"config.json disagrees with the weights on {clash}; using the weights")
-    check_against_architecture(sd, _expected_shapes(inferred), source, "SD3 transformer")
+    check_against_architecture(sd, _expected_shapes(inferred, source), source, "SD3 transformer")
     if lq_path is not None:
         lq = load_lq_branch(lq_path)
     if lq:
@@ -359,8 +394,19 @@ class VAECheckpoint:
         return {k: v for k, v in self.state_dict.items() if k.startswith(("encoder.", "quant_conv."))}
 
 
-def infer_vae_config(sd: dict, ldm: bool) -> dict:
+def infer_vae_config(sd: dict, ldm: bool, source: str = "the VAE") -> dict:
     """``AutoencoderKL`` config of an SD3-family VAE from its encoder weights."""
+    try:
+        return _infer_vae_config(sd, ldm)
+    except KeyError as e:
+        raise DPIRModelError(f"{source} lacks {e.args[0]}, so it is not a complete VAE: the file is truncated or "
+                             "another model; use the official robust VAE") from None
+    except (IndexError, AttributeError, TypeError):
+        raise DPIRModelError(f"{source}: the encoder's weights have shapes no SD3 VAE has; the file is corrupted "
+                             "or another model") from None
+
+
+def _infer_vae_config(sd: dict, ldm: bool) -> dict:
     if ldm:
         downs = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
         widths = [sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in downs]
@@ -399,7 +445,7 @@ def load_vae(path) -> VAECheckpoint:
                              f"{_foreign_kind(sd) or 'something else'}. Use the official robust VAE "
                              "(the 'denoise VAE' folder) or its encoder weights")
     ldm = any(k.startswith("encoder.down.") for k in sd)
-    inferred = infer_vae_config(sd, ldm)
+    inferred = infer_vae_config(sd, ldm, source)
     if config is not None:
         inferred.update({k: v for k, v in config.items() if k in inferred and k not in ("block_out_channels",)})
     if ldm:
@@ -409,12 +455,19 @@ def load_vae(path) -> VAECheckpoint:
             sd = convert_ldm_vae_checkpoint(sd, inferred)
         except KeyError as e:
             raise DPIRModelError(f"{source}: LDM VAE weights lack {e.args[0]!r}; the file is incomplete") from None
+        except Exception as e:  # IndexError, RuntimeError...: a tensor of an impossible shape
+            raise DPIRModelError(f"{source}: LDM VAE weights of impossible shapes ({type(e).__name__}: {e}); the "
+                                 "file is corrupted") from None
         layout += ", LDM names"
     if inferred["latent_channels"] != 16:
         raise DPIRModelError(f"{source} is a {inferred['latent_channels']}-channel VAE; DPIR needs an SD3 "
                              "(16-channel) VAE — the official robust VAE or SD3's own")
-    with torch.device("meta"):
-        model = AutoencoderKL.from_config({k: v for k, v in inferred.items()})
+    try:
+        with torch.device("meta"):
+            model = AutoencoderKL.from_config({k: v for k, v in inferred.items()})
+    except Exception as e:  # whatever diffusers raises for a geometry it cannot build
+        raise DPIRModelError(f"{source}: its weights describe a VAE that cannot be built ({type(e).__name__}: "
+                             f"{str(e)[:200]}); the file is corrupted or another model") from None
     expected = model.state_dict()
     has_decoder = any(k.startswith("decoder.") for k in sd)
     if not has_decoder:

@@ -54,8 +54,25 @@ def global_tiles(height: int, width: int, tile: int = GLOBAL_TILE, overlap: int 
             for left in tile_starts(width, tile, overlap)]
 
 
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check(x, ndim: int, what: str, layout: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != ndim:
+        raise DPIRInputError(f"{what} must be a {layout} tensor, got {_shape(x)}")
+
+
+def _check_size(value, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DPIRInputError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
 def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad or truncate the token axis (dim 1) to ``length``."""
+    """Zero-pad or truncate the token axis (dim 1) of (B, N, W) to ``length``."""
+    _check(x, 3, "a prompt", "(batch, tokens, width)")
+    _check_size(length, "the prompt length", 0)
     n = x.shape[1]
     if n >= length:
         return x[:, :length]
@@ -64,6 +81,9 @@ def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
 
 def pad_features(x: torch.Tensor, width: int) -> torch.Tensor:
     """Zero-pad the feature axis (last) to ``width``."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 1:
+        raise DPIRInputError(f"prompt features must be a tensor with a feature axis, got {_shape(x)}")
+    _check_size(width, "the prompt width", 0)
     if x.shape[-1] > width:
         raise DPIRInputError(f"features of width {x.shape[-1]} do not fit into a {width}-wide prompt slot; "
                              "the visual encoders do not match this DPIR transformer")
@@ -72,12 +92,32 @@ def pad_features(x: torch.Tensor, width: int) -> torch.Tensor:
 
 def pooled_vector(hidden1: torch.Tensor, image_embeds2: torch.Tensor) -> torch.Tensor:
     """Encoder 1's class token (before post-layernorm) ++ encoder 2's projected embedding."""
+    _check(hidden1, 3, "visual encoder 1's hidden states", "(batch, tokens, width)")
+    _check(image_embeds2, 2, "visual encoder 2's image embedding", "(batch, width)")
+    if hidden1.shape[1] < 1 or hidden1.shape[0] != image_embeds2.shape[0]:
+        raise DPIRInputError(f"the visual encoders disagree: hidden states {_shape(hidden1)} and image embedding "
+                             f"{_shape(image_embeds2)}; use two CLIP vision towers")
     return torch.cat([hidden1[:, 0], image_embeds2.to(hidden1.dtype)], dim=-1)
 
 
 def visual_tokens(local_hidden: torch.Tensor, global_tokens: torch.Tensor, context_width: int,
                   length: int = VISUAL_TOKENS) -> torch.Tensor:
-    """``[local tokens (padded to pooled width), global tokens]`` → (B, length, context_width)."""
+    """``[local tokens (padded to pooled width), global tokens]`` → (B, length, context_width).
+
+    The local tokens must leave room for global ones: a local encoder with
+    ``length`` tokens or more (a /14 or /16 tower; ViT-B/32 gives 50) means
+    the two encoders are swapped or wrong, and is refused."""
+    _check(local_hidden, 3, "the local tokens", "(batch, tokens, width)")
+    _check(global_tokens, 3, "the global tokens", "(batch, tokens, width)")
+    _check_size(length, "the visual prompt length", 1)
+    if local_hidden.shape[0] != global_tokens.shape[0]:
+        raise DPIRInputError(f"{local_hidden.shape[0]} local images cannot pair with {global_tokens.shape[0]} "
+                             "global images")
+    if local_hidden.shape[1] >= length:
+        raise DPIRInputError(
+            f"the local visual encoder gives {local_hidden.shape[1]} tokens, which leaves no room for the global "
+            f"tokens in the {length}-token visual prompt: 'clip_vision_local' must be CLIP ViT-B/32 (50 tokens) and "
+            "'clip_vision_summary' CLIP ViT-bigG/14. Are the two CLIP vision towers swapped?")
     local = pad_features(local_hidden, global_tokens.shape[-1])
     seq = pad_tokens(torch.cat([local, global_tokens.to(local.dtype)], dim=1), length)
     return pad_features(seq, context_width)
@@ -85,6 +125,8 @@ def visual_tokens(local_hidden: torch.Tensor, global_tokens: torch.Tensor, conte
 
 def dual_context(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Visual tokens then T5 tokens along the sequence: (B, 77 + 256, width)."""
+    _check(visual, 3, "the visual prompt", "(batch, tokens, width)")
+    _check(text, 3, "the T5 prompt", "(batch, tokens, width)")
     if visual.shape[-1] != text.shape[-1]:
         raise DPIRInputError(f"visual prompt width {visual.shape[-1]} differs from the T5 prompt width "
                              f"{text.shape[-1]}: use the T5 encoder that belongs to this DPIR model")

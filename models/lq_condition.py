@@ -57,6 +57,11 @@ class LQCondition(nn.Module):
             w0, w2, w4 = (sd[f"control_conv.{i}.weight"] for i in (0, 2, 4))
         except KeyError as e:
             raise DPIRModelError(f"{source}: missing LQ branch weight {e.args[0]!r}") from None
+        for i, w in zip((0, 2, 4), (w0, w2, w4)):
+            if not isinstance(w, torch.Tensor) or w.ndim != 4 or 0 in w.shape:
+                shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+                raise DPIRModelError(f"{source}: LQ branch weight control_conv.{i}.weight has the shape {shape}, "
+                                     "not a convolution's; the file is corrupted or not a DPIR checkpoint")
         branch = cls(latent_channels=w0.shape[1], widths=(w0.shape[0], w2.shape[0]), hidden=w4.shape[0])
         own = branch.state_dict()
         problems = [f"{k}: expected {tuple(v.shape)}, found {tuple(sd[k].shape)}"
@@ -92,6 +97,13 @@ def inject(h: torch.Tensor, c: torch.Tensor, strength: float = 1.0) -> torch.Ten
     (B or 1, N, D). Statistics run over tokens and channels together, std is
     unbiased (torch default), eps 1e-9 — as in the released code.
     """
+    for name, x in (("image tokens", h), ("LQ features", c)):
+        if not isinstance(x, torch.Tensor) or x.ndim != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DPIRModelError(f"the {name} must be (batch, tokens, width), got {shape}")
+    if c.shape[0] != h.shape[0] and (c.shape[0] == 0 or h.shape[0] % c.shape[0]):
+        raise DPIRModelError(f"{c.shape[0]} LQ images cannot pair with a batch of {h.shape[0]} latents: wire the "
+                             "same 'lq_latent' into 'DPIR Apply LQ Condition' and into the sampler")
     if c.shape[1:] != h.shape[1:]:
         raise DPIRModelError(
             f"LQ features {tuple(c.shape[1:])} do not match the image tokens {tuple(h.shape[1:])}: the LQ latent must "

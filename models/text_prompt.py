@@ -1,11 +1,12 @@
 """The T5 half of the dual prompt: 256 tokens of T5-XXL's last hidden state."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
-from .checkpoints import _read_file
+from .checkpoints import _read_file, pickled_global
 from .dual_prompt import T5_TOKENS
 from .errors import DPIRModelError
 
@@ -27,7 +28,15 @@ def load_t5_embedding(path) -> torch.Tensor:
     if path.suffix.lower() in (".pt", ".pth"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # weights_only refuses code; report any failure the same way
+        except pickle.UnpicklingError as e:  # weights_only refuses code
+            culprit = pickled_global(e)
+            if culprit is None:
+                raise DPIRModelError(f"cannot read the T5 embedding '{path}': the file is corrupted") from None
+            raise DPIRModelError(
+                f"refusing to load '{path}': it contains Python objects other than tensors ({culprit}), which could "
+                "run code when loaded. Make the embedding again with 'DPIR Save T5 Embedding' (a .safetensors "
+                "file)") from None
+        except Exception as e:  # report any other failure the same way
             raise DPIRModelError(f"cannot read the T5 embedding '{path}': {str(e).splitlines()[0]}") from None
         tensors = obj if isinstance(obj, dict) else {"t5_embedding": obj}
     else:

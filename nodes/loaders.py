@@ -129,7 +129,7 @@ class DPIRRobustVAELoader:
         return (out,)
 
 
-def _tower_config(sd: dict) -> dict:
+def _tower_config(sd: dict, source: str = "this file") -> dict:
     """CLIP vision config of a Hugging Face-named tower, inferred from its weight shapes."""
     try:
         patch = sd["vision_model.embeddings.patch_embedding.weight"]
@@ -139,7 +139,11 @@ def _tower_config(sd: dict) -> dict:
         intermediate = sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
         projection = sd["visual_projection.weight"].shape[0]
     except KeyError as e:
-        raise DPIRModelError(f"this is not a CLIP vision tower (missing {e.args[0]})") from None
+        raise DPIRModelError(f"{source} is not a CLIP vision tower (it lacks {e.args[0]}): pick a CLIP vision "
+                             "model (" + guidance("clip_vision_local") + ")") from None
+    except (IndexError, AttributeError):
+        raise DPIRModelError(f"{source} is not a CLIP vision tower: its patch or position embedding has the "
+                             "wrong shape") from None
     grid = round((positions - 1) ** 0.5)
     return {
         "model_type": "clip_vision_model", "hidden_act": "gelu" if hidden >= 1280 else "quick_gelu",
@@ -157,29 +161,41 @@ def load_clip_vision(path: Path):
         sidecar = path / "config.json"
         path = next((p for p in (path / "model.safetensors",) if p.exists()), path)
     sd, _, _ = read_weights(path)
-    if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
-        sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")
-    known = comfy.clip_vision.load_clipvision_from_sd(dict(sd))
+    source = f"'{path}'"
+    try:
+        if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
+            sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")
+        known = comfy.clip_vision.load_clipvision_from_sd(dict(sd))
+    except (KeyError, RuntimeError, ValueError, IndexError) as e:
+        raise DPIRModelError(f"{source} looks like a known CLIP vision model but its weights do not fit it "
+                             f"({str(e).splitlines()[0][:300]}); download it again") from None
     if known is not None:
         return known
-    config = _tower_config(sd)
+    config = _tower_config(sd, source)
     if sidecar is None:
         side = path.with_suffix(".json")
         sidecar = side if side.exists() else None
     if sidecar is not None and sidecar.exists():
-        given = json.loads(sidecar.read_text())
-        given = given.get("vision_config", given)
-        config.update({k: v for k, v in given.items() if k in config})
+        try:
+            given = json.loads(sidecar.read_text())
+            given = given.get("vision_config", given)
+            config.update({k: v for k, v in given.items() if k in config})
+        except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise DPIRModelError(f"the config '{sidecar}' beside {source} is not a valid CLIP vision config ({e}); "
+                                 "fix or delete it") from None
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)
     try:
         clip = comfy.clip_vision.ClipVisionModel(f.name)
+        missing, unexpected = clip.load_sd(sd)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise DPIRModelError(f"{source}: its weights do not fit the CLIP vision geometry inferred from it "
+                             f"({str(e).splitlines()[0][:300]}); if a .json config lies beside it, check it") from None
     finally:
         os.unlink(f.name)
-    missing, unexpected = clip.load_sd(sd)
     missing = [k for k in missing if "position_ids" not in k]
     if missing:
-        raise DPIRModelError(f"'{path}': CLIP vision weights missing {missing[:5]}")
+        raise DPIRModelError(f"'{path}': CLIP vision weights missing {missing[:5]}; the file is incomplete, download it again")
     return clip
 
 

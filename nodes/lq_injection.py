@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 
 import comfy.conds
-import comfy.model_base
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
 
 from ..models.errors import DPIRInputError, DPIRModelError
 from ..models.lq_condition import inject, token_grid
+from .checks import check_prompt, require_sd3
 
 KEY = "dpir_lq"
 
@@ -44,20 +44,66 @@ class LQInjection:
     def __deepcopy__(self, memo):
         return self
 
+    def check_latent(self, latent: torch.Tensor) -> None:
+        """The sampled latent must have the LQ latent's size, and one LQ image or one per sampled image."""
+        b, h, w = latent.shape[0], latent.shape[-2], latent.shape[-1]
+        rows, cols = token_grid(h, w)
+        lq_batch, lq_rows, lq_cols = self.features.shape[0], self.features.shape[-2], self.features.shape[-1]
+        if (rows, cols) != (lq_rows, lq_cols):
+            raise DPIRInputError(
+                f"the LQ latent gives {lq_rows * lq_cols} tokens ({lq_cols}×{lq_rows}) but the sampled latent has "
+                f"{rows * cols} ({cols}×{rows}, latent {w}×{h}): wire the 'lq_latent' of 'DPIR Robust VAE Encode' (or "
+                "a latent of the same size) into the sampler")
+        if lq_batch not in (1, b):
+            raise DPIRInputError(
+                f"the LQ latent holds {lq_batch} images but {b} are being sampled: wire the same 'lq_latent' of "
+                "'DPIR Robust VAE Encode' into 'DPIR Apply LQ Condition' and into the sampler")
+
     def attach_conds(self, executor, *args, **kwargs):
-        """OUTER_SAMPLE wrapper: put the features into every positive/negative cond."""
+        """OUTER_SAMPLE wrapper: check latent and prompts, put the features into every positive/negative cond."""
         guider = executor.class_obj
-        for conds in guider.conds.values():
+        noise = args[0] if args else kwargs.get("noise")
+        batch = None
+        if isinstance(noise, torch.Tensor) and noise.ndim == 4:
+            self.check_latent(noise)
+            batch = noise.shape[0]
+        base = guider.model_patcher.model
+        for name, conds in guider.conds.items():
             for c in conds:
+                tokens = c.get("cross_attn")
+                if tokens is not None:
+                    check_prompt(base, tokens, c.get("pooled_output"), f"{name} prompt")
+                    if batch is not None and tokens.shape[0] not in (1, batch):
+                        raise DPIRInputError(
+                            f"the {name} prompt holds {tokens.shape[0]} images' prompts but {batch} images are "
+                            "being sampled: wire the same image (batch) into 'DPIR Visual Prompt' and 'DPIR Robust "
+                            "VAE Encode'")
                 c["model_conds"] = {**c.get("model_conds", {}), KEY: CONDTokenGrid(self.features)}
         return executor(*args, **kwargs)
 
     def route(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        """APPLY_MODEL wrapper: move the batched features into transformer_options (SD3 drops extra kwargs)."""
+        """APPLY_MODEL wrapper: move the batched features into transformer_options (SD3 drops extra kwargs);
+        refuse latents the position table cannot cover, and outputs that are not finite."""
+        dm = getattr(executor.class_obj, "diffusion_model", None)
+        limit = getattr(dm, "pos_embed_max_size", None)
+        if limit is not None and x.ndim == 4:
+            rows, cols = token_grid(x.shape[-2], x.shape[-1])
+            if rows > limit or cols > limit:
+                raise DPIRInputError(
+                    f"the latent being sampled is {x.shape[-1] * 8}×{x.shape[-2] * 8} px ({cols}×{rows} tokens) but this "
+                    f"model's position table covers at most {limit}×{limit} tokens ({limit * 16} px a side): sample in "
+                    "tiles ('DPIR Tiled Global-Local Prompt' into 'tiles' of 'DPIR Sampler Patch', as the workflow "
+                    "dpir_restore_large does), or lower 'long_side' in 'DPIR Robust VAE Encode'")
         grid = kwargs.pop(KEY, None)
         if grid is not None:
             transformer_options = {**transformer_options, KEY: grid}
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+            raise DPIRInputError(
+                "the model's output contains NaN or infinite values: its weights overflow in this precision (load it "
+                "with weight_dtype 'default' or 'bf16' in 'DPIR Model Loader'), or the latent or prompt given to the "
+                "sampler is broken")
+        return out
 
     def __call__(self, args, extra):
         """double_block 0 replace patch."""
@@ -100,15 +146,13 @@ class DPIRApplyLQCondition:
         }}
 
     def apply(self, model, lq_branch, lq_latent, strength, start_percent, end_percent):
-        base = getattr(model, "model", None)
-        if not isinstance(base, comfy.model_base.SD3):
-            raise DPIRModelError(f"'model' is {type(base).__name__}, not SD3: wire the MODEL of 'DPIR Model Loader'")
+        base = require_sd3(model, "DPIR Apply LQ Condition")
         if not hasattr(lq_branch, "module"):
             raise DPIRInputError("'lq_branch' must come from 'DPIR Model Loader'")
         hidden = base.diffusion_model.x_embedder.proj.out_channels
         if lq_branch.hidden != hidden:
-            raise DPIRModelError(f"the LQ branch is {lq_branch.hidden} wide but the model {hidden}: load both "
-                                 "from the same DPIR checkpoint")
+            raise DPIRModelError(f"the LQ branch is {lq_branch.hidden} wide but the model {hidden}: they come from "
+                                 "different checkpoints; wire 'model' and 'lq_branch' of the same 'DPIR Model Loader'")
         existing = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         if isinstance(existing.get(("double_block", 0)), LQInjection):
             raise DPIRInputError("this MODEL already has a DPIR LQ condition: use one 'DPIR Apply LQ Condition' per model")
@@ -117,6 +161,9 @@ class DPIRApplyLQCondition:
             shape = None if samples is None else tuple(samples.shape)
             raise DPIRInputError(f"'lq_latent' must be a 16-channel SD3 latent, got {shape}: wire 'lq_latent' of "
                                  "'DPIR Robust VAE Encode' (a 4-channel SD1.5/SDXL VAE will not do)")
+        if not bool(torch.isfinite(samples).all()):
+            raise DPIRInputError("'lq_latent' contains NaN or infinite values (the VAE overflowed, or the image was "
+                                 "broken): encode the LQ image again with 'DPIR Robust VAE Encode'")
         if start_percent > end_percent:
             raise DPIRInputError(f"start_percent {start_percent} is after end_percent {end_percent}")
         comfy.model_management.load_models_gpu([lq_branch.patcher])

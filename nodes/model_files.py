@@ -85,7 +85,13 @@ def list_models(folder: str) -> list[str]:
     for base in folder_paths.get_folder_paths(folder):
         if not os.path.isdir(base):
             continue
-        for root, _, files in os.walk(base, followlinks=True):
+        seen = set()  # real folders walked: a symlink loop is walked once, not until the OS gives up
+        for root, dirs, files in os.walk(base, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             rel = os.path.relpath(root, base).replace(os.sep, "/")
             prefix = "" if rel == "." else rel + "/"
             if "config.json" in files:

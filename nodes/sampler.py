@@ -10,6 +10,7 @@ import comfy.samplers
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
 from ..models.errors import DPIRInputError
+from .checks import check_conditioning, require_sd3
 from .tiled_sampling import TiledCondBatch
 
 
@@ -60,8 +61,11 @@ class DPIRSamplerPatch:
 
     def patch(self, model, positive, steps, cfg, shift, negative=None, sampler_name="euler", scheduler="normal",
               tiles=None, tile_batch=4):
-        if not isinstance(positive, list) or not positive:
-            raise DPIRInputError("'positive' must be a CONDITIONING: wire 'positive' of 'DPIR Dual Prompt'")
+        base = require_sd3(model, "DPIR Sampler Patch",
+                           "the MODEL of 'DPIR Apply LQ Condition' (fed by 'DPIR Model Loader')")
+        check_conditioning(base, positive, "positive")
+        if negative is not None:
+            check_conditioning(base, negative, "negative")
         m = ModelSamplingSD3().patch(model, shift)[0]
         if tiles is not None:
             m.model_options["sampler_calc_cond_batch_function"] = TiledCondBatch(tiles, tile_batch)

@@ -90,6 +90,10 @@ __all__ = [
     "write_truncated_safetensors",
     "write_lying_header_safetensors",
     "write_sdxl_unet_file",
+    "sd15_unet_state_dict",
+    "write_sd15_unet_file",
+    "write_sd15_vae_file",
+    "write_clip_l_text_file",
     "write_mismatched_control_file",
     "write_bad_files",
     "build_all",
@@ -1348,6 +1352,102 @@ def write_sdxl_unet_file(path: str | os.PathLike, prefix: str = "model.diffusion
     }
     sd = {prefix + k: 0.05 * torch.randn(s, generator=g) for k, s in shapes.items()}
     return _save_safetensors(sd, path)
+
+
+def sd15_unet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small UNet that ComfyUI detects as **SD1.5** (LDM names, no prefix).
+
+    ComfyUI recognises SD1.5 by model width 320, cross-attention context 768,
+    conv ``proj_in`` and no ``label_emb``; depth is free. This one has one
+    level (``channel_mult`` (1,)), one res block + one spatial transformer in
+    the input level, a middle made of one res block and two output res blocks:
+    every key of ComfyUI's ``UNetModel`` for that config (~16 M parameters),
+    seeded values, float32. A foreign ``MODEL`` for wrong-wiring tests."""
+    g = torch.Generator().manual_seed(seed)
+    mc, emb, ctx = 320, 1280, 768
+    shapes: dict[str, tuple[int, ...]] = {
+        "time_embed.0.weight": (emb, mc), "time_embed.0.bias": (emb,),
+        "time_embed.2.weight": (emb, emb), "time_embed.2.bias": (emb,),
+        "input_blocks.0.0.weight": (mc, 4, 3, 3), "input_blocks.0.0.bias": (mc,),
+        "out.0.weight": (mc,), "out.0.bias": (mc,),
+        "out.2.weight": (4, mc, 3, 3), "out.2.bias": (4,),
+    }
+
+    def res_block(prefix: str, cin: int, cout: int) -> None:
+        shapes.update({
+            f"{prefix}in_layers.0.weight": (cin,), f"{prefix}in_layers.0.bias": (cin,),
+            f"{prefix}in_layers.2.weight": (cout, cin, 3, 3), f"{prefix}in_layers.2.bias": (cout,),
+            f"{prefix}emb_layers.1.weight": (cout, emb), f"{prefix}emb_layers.1.bias": (cout,),
+            f"{prefix}out_layers.0.weight": (cout,), f"{prefix}out_layers.0.bias": (cout,),
+            f"{prefix}out_layers.3.weight": (cout, cout, 3, 3), f"{prefix}out_layers.3.bias": (cout,),
+        })
+        if cin != cout:
+            shapes.update({f"{prefix}skip_connection.weight": (cout, cin, 1, 1), f"{prefix}skip_connection.bias": (cout,)})
+
+    def spatial_transformer(prefix: str, c: int) -> None:
+        b = f"{prefix}transformer_blocks.0."
+        shapes.update({
+            f"{prefix}norm.weight": (c,), f"{prefix}norm.bias": (c,),
+            f"{prefix}proj_in.weight": (c, c, 1, 1), f"{prefix}proj_in.bias": (c,),
+            f"{prefix}proj_out.weight": (c, c, 1, 1), f"{prefix}proj_out.bias": (c,),
+            f"{b}attn1.to_q.weight": (c, c), f"{b}attn1.to_k.weight": (c, c), f"{b}attn1.to_v.weight": (c, c),
+            f"{b}attn1.to_out.0.weight": (c, c), f"{b}attn1.to_out.0.bias": (c,),
+            f"{b}attn2.to_q.weight": (c, c), f"{b}attn2.to_k.weight": (c, ctx), f"{b}attn2.to_v.weight": (c, ctx),
+            f"{b}attn2.to_out.0.weight": (c, c), f"{b}attn2.to_out.0.bias": (c,),
+            f"{b}ff.net.0.proj.weight": (8 * c, c), f"{b}ff.net.0.proj.bias": (8 * c,),
+            f"{b}ff.net.2.weight": (c, 4 * c), f"{b}ff.net.2.bias": (c,),
+            **{f"{b}norm{i}.{p}": (c,) for i in (1, 2, 3) for p in ("weight", "bias")},
+        })
+
+    res_block("input_blocks.1.0.", mc, mc)
+    spatial_transformer("input_blocks.1.1.", mc)
+    res_block("middle_block.0.", mc, mc)
+    res_block("output_blocks.0.0.", 2 * mc, mc)
+    res_block("output_blocks.1.0.", 2 * mc, mc)
+    out = {}
+    for k, s in shapes.items():
+        if len(s) == 1:
+            norm = ".norm" in k or "in_layers.0" in k or "out_layers.0" in k or k.startswith("out.0")
+            out[k] = (1.0 if norm and k.endswith("weight") else 0.0) + 0.02 * torch.randn(s, generator=g)
+        else:
+            fan_in = 1
+            for d in s[1:]:
+                fan_in *= d
+            out[k] = torch.randn(s, generator=g) * fan_in ** -0.5
+    return out
+
+
+def write_sd15_unet_file(path: str | os.PathLike, prefix: str = "", seed: int = 0) -> Path:
+    """``sd15_unet_state_dict`` as a ``diffusion_models/`` file (fp16) that the
+    core *Load Diffusion Model* node loads as an SD1.5 ``MODEL``."""
+    return _save_safetensors(_cast(_prefixed(sd15_unet_state_dict(seed), prefix), torch.float16), path)
+
+
+def write_sd15_vae_file(path: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
+    """A 4-latent-channel SD1.5/SDXL-style VAE (diffusers names, full SD layout
+    so ComfyUI's ``VAE`` loads it): the full tiny SD3 VAE with a 4-channel
+    latent (``encoder.conv_out`` 8 out, ``decoder.conv_in`` 4 in) and the
+    ``quant_conv``/``post_quant_conv`` SD1.5 has. fp16."""
+    g = torch.Generator().manual_seed(_component_seed(spec, "sd15_vae"))
+    sd = dict(vae_state_dict(spec, full=True, copy=False))
+    width = sd["encoder.conv_out.weight"].shape[1]
+    sd["encoder.conv_out.weight"] = 0.02 * torch.randn(8, width, 3, 3, generator=g)
+    sd["encoder.conv_out.bias"] = torch.zeros(8)
+    sd["decoder.conv_in.weight"] = 0.1 * torch.randn(sd["decoder.conv_in.weight"].shape[0], 4, 3, 3, generator=g)
+    sd["quant_conv.weight"], sd["quant_conv.bias"] = torch.eye(8).view(8, 8, 1, 1), torch.zeros(8)
+    sd["post_quant_conv.weight"], sd["post_quant_conv.bias"] = torch.eye(4).view(4, 4, 1, 1), torch.zeros(4)
+    return _save_safetensors(_cast(sd, torch.float16), path)
+
+
+def write_clip_l_text_file(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A text encoder file that ComfyUI's *Load CLIP* (type sd3) takes for CLIP-L
+    alone: a CLIP that holds **no T5**. ComfyUI builds CLIP-L at full size from
+    its own config whatever the file holds, so only the keys it detects and
+    routes CLIP-L by are written (the rest stays uninitialised; nothing is
+    encoded with it)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {f"text_model.encoder.layers.{i}.mlp.fc1.weight": 0.02 * torch.randn(3072, 768, generator=g) for i in (0, 1)}
+    return _save_safetensors(_cast(sd, torch.float16), path)
 
 
 def write_mismatched_control_file(

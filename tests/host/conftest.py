@@ -9,7 +9,10 @@ Fixtures (session scope):
   stopped at the end of the session;
 * ``comfy_server`` -- a bare server (no model files), shared;
 * ``object_info`` -- its ``GET /object_info``;
-* ``workflow_api`` -- ``nodes/workflow_api.py`` loaded stand-alone (no host needed).
+* ``workflow_api`` -- ``nodes/workflow_api.py`` loaded stand-alone (no host needed);
+* ``dpir_models`` -- the extra_model_paths mapping of one tiny model set (``dpir_env.write_model_set``);
+* ``dpir_server`` -- one server on that model set, shared by the modules that use it (their inputs are
+  added with ``Server.add_input``).
 
 Every test using one of the host fixtures gets the ``host`` marker and is
 skipped, with a banner in the terminal summary, when no ComfyUI is found
@@ -130,6 +133,18 @@ def object_info(comfy_server) -> dict:
 @pytest.fixture(scope="session")
 def workflow_api():
     return load_workflow_api()
+
+
+@pytest.fixture(scope="session")
+def dpir_models(tmp_path_factory) -> dict:
+    from .dpir_env import write_model_set
+
+    return write_model_set(tmp_path_factory.mktemp("dpir_models"))
+
+
+@pytest.fixture(scope="session")
+def dpir_server(start_server, dpir_models) -> Server:
+    return start_server(extra_model_paths=dpir_models)
 
 
 @pytest.fixture(scope="session")

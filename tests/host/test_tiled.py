@@ -32,7 +32,7 @@ def smooth_image(h, w, seed=0):
 
 def text_prompt():
     return [[torch.randn(1, 256, SPEC.joint_attention_dim, generator=torch.Generator().manual_seed(1)),
-             {"pooled_output": torch.zeros(1, 2048)}]]
+             {"pooled_output": torch.zeros(1, SPEC.pooled_projection_dim)}]]
 
 
 def sample(nodes, model, branch, z, positive, steps=2, cfg=1.0, tiles=None, tile_batch=4, seed=4):

@@ -7,70 +7,19 @@ full size whatever the file holds.
 """
 from __future__ import annotations
 
-import io
-import json
 import uuid
 
 import numpy as np
 import pytest
-from PIL import Image
 
-import tiny_models as tm
-from host.comfy_harness import PACK_ROOT, ExecutionFailed, PromptRejected
-
-SPEC = tm.TinySpec()
-WORKFLOWS = PACK_ROOT / "workflows"
+from host.comfy_harness import ExecutionFailed, PromptRejected
+from host.dpir_env import PHOTO, api_of, saved_images, write_photo
 
 
 @pytest.fixture(scope="module")
-def server(start_server, tmp_path_factory):
-    root = tmp_path_factory.mktemp("dpir_models")
-    tm.write_transformer_folder(root / "dpir" / "transformer", SPEC)
-    tm.write_vae_folder(root / "dpir" / "robust_vae", SPEC, robust=True, full=True)
-    tm.write_t5_embedding(root / "dpir" / "prompt.safetensors", SPEC, prompt="a sharp photo")
-    tm.write_sdxl_unet_file(root / "dpir" / "sdxl_unet.safetensors")
-    tm.write_vae_file(root / "vae" / "sd3_vae.safetensors", SPEC, full=True)
-    for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
-        tm.write_clip_vision_file(root / "clip_vision" / f"{name}.safetensors", SPEC, which=which)
-        # tiny towers are no published geometry: a same-name config beside the file says what they are
-        (root / "clip_vision" / f"{name}.json").write_text(tm.clip_vision_config(SPEC, which).to_json_string())
-    image = root / "photo.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((80, 60), Image.BILINEAR).save(image)
-    paths = {"dpir_tests": {"base_path": str(root), "dpir": "dpir", "vae": "vae", "clip_vision": "clip_vision"}}
-    return start_server(inputs={"photo.png": image}, extra_model_paths=paths)
-
-
-def api_of(name, server, object_info, workflow_api, **overrides):
-    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    api = workflow_api.ui_to_api(ui, object_info)
-    # no T5-XXL here: the T5 prompt reads the embedding file instead
-    for nid in [k for k, v in api.items() if v["class_type"] == "CLIPLoader"]:
-        del api[nid]
-    for node in api.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "DPIRT5TextPrompt":
-            inputs.pop("clip", None)
-            inputs["t5_embedding"] = "prompt.safetensors"
-        elif node["class_type"] == "LoadImage":
-            inputs["image"] = "photo.png"
-        elif node["class_type"] == "DPIRRobustVAEEncode":
-            inputs.update(resize="long side", long_side=72)
-        elif node["class_type"] == "DPIRSamplerPatch":
-            inputs["steps"] = 3
-        for key, value in overrides.get(node["class_type"], {}).items():
-            inputs[key] = value
-    return api
-
-
-def saved_images(server, entry, kind="output"):
-    out = []
-    for img in server.output_images(entry):
-        if img["type"] != kind:
-            continue
-        arr = np.asarray(Image.open(io.BytesIO(server.view(img["filename"], img.get("subfolder", ""), img["type"]))))
-        out.append(arr)
-    return out
+def server(dpir_server, tmp_path_factory):
+    dpir_server.add_input(write_photo(tmp_path_factory.mktemp("inputs") / PHOTO))
+    return dpir_server
 
 
 def test_object_info_lists_every_node(object_info):
