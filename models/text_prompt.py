@@ -37,7 +37,9 @@ def load_t5_embedding(path) -> torch.Tensor:
                 "run code when loaded. Make the embedding again with 'DPIR Save T5 Embedding' (a .safetensors "
                 "file)") from None
         except Exception as e:  # report any other failure the same way
-            raise DPIRModelError(f"cannot read the T5 embedding '{path}': {str(e).splitlines()[0]}") from None
+            why = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DPIRModelError(f"cannot read the T5 embedding '{path}' ({why}): the file is missing, empty or "
+                                 "corrupted; make it again with 'DPIR Save T5 Embedding'") from None
         tensors = obj if isinstance(obj, dict) else {"t5_embedding": obj}
     else:
         tensors = _read_file(path)

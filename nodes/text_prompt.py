@@ -78,12 +78,22 @@ class DPIRSaveT5Embedding:
         safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_ ").strip()
         if not safe:
             raise DPIRInputError(f"'{name}' is not a usable file name; use letters, digits, '-' or '_'")
+        tokens = text_prompt[0][0] if isinstance(text_prompt, list) and text_prompt and text_prompt[0] else None
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[0] < 1:
+            raise DPIRInputError("'text_prompt' must be the CONDITIONING of 'DPIR T5 Text Prompt'")
+        if not bool(torch.isfinite(tokens).all()):
+            raise DPIRInputError("the T5 prompt contains NaN or infinite values: nothing was saved")
         folder = folder_paths.get_folder_paths(DPIR_FOLDER)[-1]
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{safe}.safetensors")
         tmp = path + ".partial"
-        save_file({"t5_embedding": text_prompt[0][0][:1].float().contiguous()}, tmp)
-        os.replace(tmp, path)  # never a half-written file under the final name
+        try:
+            save_file({"t5_embedding": tokens[:1].float().contiguous()}, tmp)
+            os.replace(tmp, path)  # never a half-written file under the final name
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return {"ui": {"text": [f"saved {path}"]}}
 
 

@@ -7,6 +7,7 @@ pack's own clear errors (DPIRError subclasses) — never an IndexError, KeyError
   transformer / VAE / LQ-branch state dicts with keys dropped, added, renamed and re-shaped at random, and
   random key sets, read through the loaders' real code (files replaced by the generated dicts), plus random
   bytes as files;
+* .pth files holding random (tensor-only, so loadable) structures, and T5 embedding files;
 * tile planning (models/tiling.py) with random plans and tiles (token_aligned_plan, which lives with the
   ComfyUI nodes, is fuzzed in tests/host/test_fuzz_tiles.py).
 """
@@ -26,6 +27,7 @@ from dpir_pack.models import dual_prompt as dp
 from dpir_pack.models import tiling
 from dpir_pack.models.errors import DPIRError
 from dpir_pack.models.lq_condition import LQCondition, inject
+from dpir_pack.models.text_prompt import load_t5_embedding
 
 SPEC = tm.TinySpec()
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -199,7 +201,32 @@ def test_inject_with_random_shapes(h_shape, c_shape, strength):
 def test_random_bytes_as_model_files(tmp_path_factory, data, suffix):
     path = tmp_path_factory.mktemp("bytes") / f"random{suffix}"
     path.write_bytes(data)
-    for loader in (checkpoints.load_transformer, checkpoints.load_lq_branch, checkpoints.load_vae):
+    for loader in (checkpoints.load_transformer, checkpoints.load_lq_branch, checkpoints.load_vae,
+                   load_t5_embedding):
+        only_our_errors(lambda: loader(path))
+
+
+tensors = st.lists(st.integers(0, 4), max_size=4).map(torch.zeros)
+pickled = st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=8), tensors),
+                       lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                               st.dictionaries(st.text(max_size=12), inner, max_size=3)),
+                       max_leaves=8)
+
+
+@settings(FUZZ, max_examples=40)
+@given(pickled, st.sampled_from([".pth", ".pt", ".safetensors"]))
+def test_random_structures_as_model_and_embedding_files(tmp_path_factory, obj, suffix):
+    path = tmp_path_factory.mktemp("structures") / f"random{suffix}"
+    if suffix == ".safetensors":
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = {"t": torch.zeros(2)}
+        from safetensors.torch import save_file
+
+        save_file({str(k): v for k, v in obj.items()}, str(path))
+    else:
+        torch.save(obj, str(path))
+    for loader in (checkpoints.load_transformer, checkpoints.load_lq_branch, checkpoints.load_vae,
+                   load_t5_embedding):
         only_our_errors(lambda: loader(path))
 
 

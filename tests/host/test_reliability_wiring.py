@@ -306,3 +306,24 @@ def test_server_still_serves_and_no_code_ran(server, files, object_info, workflo
     assert entry["status"]["status_str"] == "success" and server.output_images(entry)
     assert not files["marker"].exists()
     assert not list(files["outside"].glob(f"*{MARKER}*"))
+
+
+def test_saving_a_t5_embedding_stays_in_the_model_folder(pack_nodes):
+    import folder_paths
+
+    errors = sys.modules[f"{PACK_NAME}.models.errors"]
+    save = pack_nodes["DPIRSaveT5Embedding"]().save
+    folder = Path(folder_paths.get_folder_paths("dpir")[-1])
+    emb = torch.randn(1, 256, SPEC.joint_attention_dim)
+    out = save([[emb, {}]], "../../escape attempt")  # path characters are dropped, the name is kept
+    saved = folder / "escape attempt.safetensors"
+    assert str(saved) in out["ui"]["text"][0] and saved.is_file()
+    loaded = pack_nodes["DPIRT5TextPrompt"]().encode("", t5_embedding=saved.name)[0][0][0]
+    assert torch.equal(loaded, emb)
+    for bad, match in (([], "CONDITIONING"), ([[torch.randn(256, 64), {}]], "CONDITIONING"),
+                       ([[torch.full((1, 256, 64), float("nan")), {}]], "NaN")):
+        with pytest.raises(errors.DPIRInputError, match=match):
+            save(bad, "never")
+    with pytest.raises(errors.DPIRInputError, match="usable file name"):
+        save([[emb, {}]], "../..")
+    assert not list(folder.glob("never*")) and not list(folder.glob("*.partial"))
