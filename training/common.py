@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -149,6 +150,18 @@ def make_schedule(optimizer, cfg: OptimConfig, total_steps: int):
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@contextmanager
+def averaged_weights(ema: "EMA | None"):
+    """The EMA weights in the live parameters for the block (nothing to do without EMA), swapped back after."""
+    if ema is not None:
+        ema.swap()
+    try:
+        yield
+    finally:
+        if ema is not None:
+            ema.swap()
 
 
 class EMA:

@@ -30,7 +30,7 @@ from ..models.dual_prompt import (GLOBAL_OVERLAP, GLOBAL_TILE, T5_TOKENS, global
                                   visual_tokens)
 from ..models.lq_condition import LQCondition
 from ..models.restore import LQHook
-from .common import OptimConfig, RunConfig, fill_dataclass
+from .common import OptimConfig, RunConfig, averaged_weights, fill_dataclass
 from .data import DataConfig, step_seed
 from .degradation import Degrader, config_from_dict, restoration_prompt
 from .loop import TrainerBase
@@ -377,17 +377,13 @@ class DPIRTrainer(TrainerBase):
         hq, lq = self._validation_batch
         was_training = den.training
         den.eval()
-        if self.ema is not None:
-            self.ema.swap()
         pipe = DPIRPipeline(den.transformer, den.lq_branch, self.robust_vae, self.encoder1, self.encoder2)
         try:
-            with acc.autocast():
+            with averaged_weights(self.ema), acc.autocast():
                 t5 = self.text([v.caption]).float()
                 out = pipe.restore(lq, t5, steps=v.steps, seed=v.seed)
         finally:
             pipe.hook.remove()
-            if self.ema is not None:
-                self.ema.swap()
             den.train(was_training)
         rows = torch.cat([lq, out.float().to(lq.device), hq], dim=-1)          # LQ | restored | HQ
         grid = torch.cat(list(rows), dim=-2).clamp(0, 1)
@@ -404,14 +400,9 @@ class DPIRTrainer(TrainerBase):
 
         acc = self.accelerator
         den = acc.unwrap_model(self.model)
-        if self.ema is not None:
-            self.ema.swap()
-        try:
+        with averaged_weights(self.ema):
             paths = export_transformer(den.transformer, den.lq_branch, out_dir, self.cfg.run.export_dtype) \
                 if acc.is_main_process else {}
-        finally:
-            if self.ema is not None:
-                self.ema.swap()
         acc.wait_for_everyone()
         return paths
 

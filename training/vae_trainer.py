@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.checkpoints import load_vae
-from .common import OptimConfig, RunConfig, fill_dataclass
+from .common import OptimConfig, RunConfig, averaged_weights, fill_dataclass
 from .data import DataConfig, step_seed
 from .degradation import Degrader, config_from_dict
 from .losses import PatchDiscriminator, PerceptualLoss, adaptive_weight, hinge_d_loss
@@ -176,13 +176,8 @@ class VAETrainer(TrainerBase):
         from .export import export_robust_vae
 
         acc = self.accelerator
-        if self.ema is not None:
-            self.ema.swap()
-        try:
+        with averaged_weights(self.ema):
             paths = export_robust_vae(self.robust_vae(), out_dir, self.cfg.run.export_dtype) \
                 if acc.is_main_process else {}
-        finally:
-            if self.ema is not None:
-                self.ema.swap()
         acc.wait_for_everyone()
         return paths
