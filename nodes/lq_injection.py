@@ -172,6 +172,10 @@ class DPIRApplyLQCondition:
         dtype = next(lq_branch.module.parameters()).dtype
         with torch.no_grad():
             grid = lq_branch.module.control_conv(z.to(device=device, dtype=dtype))
+        # stored once in the dtype the DiT computes in: no cast at every step, half the memory in bf16/fp16
+        compute = base.manual_cast_dtype or base.get_dtype()
+        if compute in (torch.float16, torch.bfloat16, torch.float32):
+            grid = grid.to(compute)
         sampling = model.get_model_object("model_sampling")
         patch = LQInjection(grid, strength, float(sampling.percent_to_sigma(start_percent)),
                             float(sampling.percent_to_sigma(end_percent)))
