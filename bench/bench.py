@@ -1,6 +1,7 @@
 """ComfyUI-DPIR benchmark: ratios measured side by side in one run.
 
     python bench/bench.py pipeline [--size small|tiny|sd3-medium] [--image 256] [--steps 4] [--reps 3]
+    python bench/bench.py memory   [--size small|sd3-medium] [--images 1024 2048 4096] [--vae full|quarter]
     python bench/bench.py tiles    [--size tiny|sd3-medium] [--reps 3]
 
 Random weights in the official file formats (tests/tiny_models.py), loaded
@@ -14,12 +15,16 @@ pack end to end vs the independent diffusers reference (tests/reference.py);
 stage breakdown with time and peak memory (CUDA peak allocated on a GPU,
 process RSS high-water on the CPU); on a GPU, the transformer's achieved
 TFLOP/s against the card's bf16 peak.
+memory: the same stages at 1024², 2048² and 4096² (tiled sampling, tile prompts and tiled VAE above one
+1024 px tile, as dpir_restore_large): time and peak memory per stage; on a GPU the models are offloaded
+between stages (as ComfyUI does when VRAM is short), so each peak holds only that stage's models.
 tiles: seconds per tile-step from 2×2 to 8×8 tiles, and peak memory of one
 tiled sampling step for 2K, 4K and 8K outputs.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import statistics
@@ -149,116 +154,171 @@ def mmdit_flops(spec: tm.TinySpec, tokens: int, context: int = 333) -> float:
     return spec.num_layers * per_block + patch + 2 * c * spec.joint_attention_dim * d
 
 
-def pipeline(args):
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    spec = spec_for(args.size)
-    nodes, models = host_nodes(spec, device.type)
-    import comfy.model_management
-    import comfy.sample
+def load_pack_models(nodes, models, device):
+    """The models of dpir_restore, loaded through the pack's loaders (bf16 transformer on a GPU)."""
     import comfy.sd
     import comfy.utils
 
-    dtype_name = "bf16" if device.type == "cuda" else "default"
-    model, branch = nodes["DPIRModelLoader"]().load("transformer.safetensors", dtype_name)
+    model, branch = nodes["DPIRModelLoader"]().load("transformer.safetensors",
+                                                    "bf16" if device.type == "cuda" else "default")
     stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
     vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
-    clip1 = nodes["DPIRCLIPVisionLoader"]().load("clip1/model.safetensors")[0]
-    clip2 = nodes["DPIRCLIPVisionLoader"]().load("clip2/model.safetensors")[0]
+    clip = nodes["DPIRCLIPVisionLoader"]().load
+    return model, branch, vae, clip("clip1/model.safetensors")[0], clip("clip2/model.safetensors")[0]
+
+
+def test_image(s: int) -> torch.Tensor:
+    """A smooth random s×s photo (B, H, W, C)."""
     g = torch.Generator().manual_seed(0)
-    s = args.image
-    image = torch.nn.functional.interpolate(torch.rand(1, 3, s // 16, s // 16, generator=g), size=(s, s),
-                                            mode="bicubic").clamp(0, 1).movedim(1, -1)
+    return torch.nn.functional.interpolate(torch.rand(1, 3, max(1, s // 16), max(1, s // 16), generator=g),
+                                           size=(s, s), mode="bicubic").clamp(0, 1).movedim(1, -1)
 
-    def run_pack():
-        stages = {}
-        with Memory(device) as m:
-            latent, lq, _ = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", s, 1.0,
-                                                                  prompt={}, unique_id="1")  # as dpir_restore: LQ decode unused
-        stages["robust VAE encode"] = m
-        with Memory(device) as m:
-            visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
-        stages["CLIP visual prompt"] = m
-        with Memory(device) as m:
-            text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
-            positive, negative = nodes["DPIRDualPrompt"]().combine(visual, text)
-        stages["T5 prompt (embedding file)"] = m
-        with Memory(device) as m:
-            patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
-            _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, args.steps, 1.0, 3.0)
-        stages["LQ condition + sampler patch (once per image)"] = m
-        noise = comfy.sample.prepare_noise(latent["samples"], 0)
-        with Memory(device) as m:
-            out = guider.sample(noise, latent["samples"], sampler, sigmas, seed=0)
-        stages["sampling"] = m
-        with Memory(device) as m:
+
+def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, offload=False):
+    """dpir_restore (or dpir_restore_large with ``tiles``) stage by stage: {stage: Memory}, the LQ latent and
+    the sampler inputs. ``offload``: before each stage every model is unloaded, as ComfyUI does when VRAM is
+    short, so a stage's peak holds only its own models."""
+    import comfy.model_management
+    import comfy.sample
+    from nodes import VAEDecodeTiled
+
+    model, branch, vae, clip1, clip2 = loaded
+    stages = {}
+
+    def stage(name):
+        if offload:
+            comfy.model_management.unload_all_models()
+            comfy.model_management.soft_empty_cache(True)
+        stages[name] = Memory(device)
+        return stages[name]
+
+    with stage("robust VAE encode"):
+        latent, lq = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0, "auto")
+    with stage("CLIP visual prompt"):
+        visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
+    with stage("T5 prompt (embedding file)"):
+        text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
+        positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
+    plan = None
+    if tiles:
+        with stage("CLIP tile prompts (tiled)"):
+            plan = nodes["DPIRTiledPrompt"]().plan(clip1, clip2, lq, text, 1024, 128, "per-tile local prompt", True,
+                                                   1)[0]
+    with stage("LQ condition + sampler patch (once per image)"):
+        patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
+        _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, 1.0, 3.0, tiles=plan,
+                                                                        tile_batch=tile_batch)
+    noise = comfy.sample.prepare_noise(latent["samples"], 0)
+    with stage("sampling" + (" (tiled)" if tiles else "")):
+        out = guider.sample(noise, latent["samples"], sampler, sigmas, seed=0)
+    with stage("decode" + (" (tiled)" if tiles else "")):
+        if tiles:
+            decoded = VAEDecodeTiled().decode(vae, {"samples": out}, 1024, 64)[0]
+        else:
             decoded = vae.decode(out)
-        stages["decode"] = m
-        with Memory(device) as m:
-            nodes["DPIRColourFix"]().fix(decoded, lq, "wavelet")
-        stages["colour fix"] = m
-        return stages, positive
+    with stage("colour fix"):
+        nodes["DPIRColourFix"]().fix(decoded, lq, "wavelet")
+    return stages, latent, positive, (guider, sampler, sigmas)
 
-    def encode_decode_ratio():
-        enc = nodes["DPIRRobustVAEEncode"]()
-        with Memory(device) as with_decode:
-            enc.encode(image, vae, "keep size", s, 1.0)
-        with Memory(device) as without:
-            enc.encode(image, vae, "keep size", s, 1.0, prompt={}, unique_id="1")
-        return with_decode.seconds / without.seconds
 
-    def run_plain(positive, latent):
-        from comfy_extras.nodes_model_advanced import ModelSamplingSD3
-
-        m_plain = ModelSamplingSD3().patch(model, 3.0)[0]
-        guider = comfy.samplers.CFGGuider(m_plain)
-        guider.set_conds(positive, positive)
-        guider.set_cfg(1.0)
-        sigmas = comfy.samplers.calculate_sigmas(m_plain.get_model_object("model_sampling"), "normal", args.steps)
-        sampler = comfy.samplers.sampler_object("euler")
-        with Memory(device) as mem:
-            guider.sample(comfy.sample.prepare_noise(latent, 0), latent, sampler, sigmas, seed=0)
-        return mem
-
-    import comfy.samplers
-
-    print(f"device {device}, model '{args.size}' ({spec.num_layers} blocks, width {spec.hidden}), image {s}², "
-          f"{args.steps} steps, {args.reps} repetitions (median [min–max])", file=sys.stderr)
-    run_pack()  # warm-up: loads and first-call costs out of the figures
-    per_stage, dpir_sampling, plain_sampling, pack_total, ref_total, enc_ratio = {}, [], [], [], [], []
-    ref = reference_runner(spec, models, device, image, args.steps) if not args.no_reference else None
-    latent0 = torch.zeros(1, 16, s // 8, s // 8)
-    for _ in range(args.reps):
-        stages, positive = run_pack()
-        for k, m in stages.items():
-            per_stage.setdefault(k, []).append(m)
-        dpir_sampling.append(stages["sampling"].seconds)
-        pack_total.append(sum(m.seconds for m in stages.values()))
-        plain_sampling.append(run_plain(positive, latent0).seconds)
-        enc_ratio.append(encode_decode_ratio())
-        if ref is not None:
-            ref_total.append(ref())
-    total = statistics.median(pack_total)
-    print(f"\n## pipeline: {device.type}, '{args.size}' model, {s}×{s}, {args.steps} steps\n")
-    print("| measure | value |\n|---|---|")
-    ratio = [a / b for a, b in zip(dpir_sampling, plain_sampling)]
-    print(f"| DPIR sampling / plain SD3 sampling (same transformer, steps, size) | {fmt(ratio, '×')} |")
-    if ref_total:
-        print(f"| diffusers reference end to end / pack end to end | {fmt([r / p for r, p in zip(ref_total, pack_total)], '×')} |")
-    print(f"| optimisation: robust encode computing the unused LQ decode / skipping it | {fmt(enc_ratio, '×')} |")
-    print("\n| stage | seconds | share | peak memory (MiB, stage delta) |\n|---|---|---|---|")
+def stage_table(per_stage):
+    """Markdown rows: stage, seconds, share of the total, peak memory (and the stage's own increase)."""
+    total = sum(statistics.median(m.seconds for m in ms) for ms in per_stage.values())
+    print("| stage | seconds | share | peak memory (MiB, stage delta) |\n|---|---|---|---|")
     for k, ms in per_stage.items():
         secs = [m.seconds for m in ms]
         peak = statistics.median(m.peak_bytes for m in ms) / 2**20
         delta = statistics.median(m.delta_bytes for m in ms) / 2**20
         print(f"| {k} | {fmt(secs)} | {100 * statistics.median(secs) / total:5.1f}% | {peak:9.0f} ({delta:+.0f}) |")
+
+
+def pipeline(args):
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    nodes, models = host_nodes(spec, device.type)
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    loaded = load_pack_models(nodes, models, device)
+    model, _, vae, _, _ = loaded
+    s = args.image
+    image = test_image(s)
+
+    def sample(guider, sampler, sigmas, latent):
+        with Memory(device) as m:
+            guider.sample(comfy.sample.prepare_noise(latent, 0), latent, sampler, sigmas, seed=0)
+        return m.seconds
+
+    def plain_sd3(positive):
+        """Plain SD3 sampling of the same transformer: same prompt tensors, steps, sampler, schedule, shift."""
+        m_plain = ModelSamplingSD3().patch(model, 3.0)[0]
+        guider = comfy.samplers.CFGGuider(m_plain)
+        guider.set_conds(positive, positive)
+        guider.set_cfg(1.0)
+        sigmas = comfy.samplers.calculate_sigmas(m_plain.get_model_object("model_sampling"), "normal", args.steps)
+        return guider, comfy.samplers.sampler_object("euler"), sigmas
+
+    print(f"device {device}, model '{args.size}' ({spec.num_layers} blocks, width {spec.hidden}), image {s}², "
+          f"{args.steps} steps, {args.reps} repetitions (median [min–max])", file=sys.stderr)
+    run_pack(nodes, loaded, image, args.steps, device)  # warm-up: loads and first-call costs out of the figures
+    per_stage, ratio, pack_total, ref_total, decode_ratio = {}, [], [], [], []
+    ref = reference_runner(spec, models, device, image, args.steps) if not args.no_reference else None
+    for rep in range(args.reps):
+        stages, latent, positive, dpir = run_pack(nodes, loaded, image, args.steps, device)
+        for k, m in stages.items():
+            per_stage.setdefault(k, []).append(m)
+        pack_total.append(sum(m.seconds for m in stages.values()))
+        # DPIR vs plain sampling back to back, in alternating order (CPU caches and allocators favour neither)
+        plain = plain_sd3(positive)
+        z = latent["samples"]
+        if rep % 2 == 0:
+            t_dpir, t_plain = sample(*dpir, z), sample(*plain, z)
+        else:
+            t_plain, t_dpir = sample(*plain, z), sample(*dpir, z)
+        ratio.append(t_dpir / t_plain)
+        with Memory(device) as robust:
+            nodes["DPIRRobustVAEDecode"]().decode(latent, vae)
+        decode_ratio.append((stages["robust VAE encode"].seconds + robust.seconds) / stages["robust VAE encode"].seconds)
+        if ref is not None:
+            ref_total.append(ref())
+    print(f"\n## pipeline: {device.type}, '{args.size}' model, {s}×{s}, {args.steps} steps\n")
+    print("| measure | value |\n|---|---|")
+    print(f"| DPIR sampling / plain SD3 sampling (same transformer, steps, size) | {fmt(ratio, '×')} |")
+    if ref_total:
+        print(f"| diffusers reference end to end / pack end to end | {fmt([r / p for r, p in zip(ref_total, pack_total)], '×')} |")
+    print(f"| optimisation: robust encode + the LQ decode (the encode's former third output) / encode alone | "
+          f"{fmt(decode_ratio, '×')} |\n")
+    stage_table(per_stage)
     if device.type == "cuda":
         tokens = (s // 16) ** 2
         flops = mmdit_flops(spec, tokens) * args.steps
-        tflops = flops / statistics.median(dpir_sampling) / 1e12
+        tflops = flops / statistics.median(per_stage["sampling"][i].seconds for i in range(args.reps)) / 1e12
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
         print(f"\ntransformer: {tflops:.1f} TFLOP/s achieved" + (f" = {100 * tflops / peak:.1f}% of {name}'s "
               f"{peak:.0f} TFLOP/s bf16 dense peak" if peak else f" on {name}"))
+
+
+def memory(args):
+    """Per-stage time and peak memory of one restoration at each size; tiled above one 1024 px tile."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    if args.vae == "quarter":
+        spec = dataclasses.replace(spec, vae_full_block_out_channels=tuple(
+            c // 4 for c in spec.vae_full_block_out_channels))
+    nodes, models = host_nodes(spec, device.type)
+    loaded = load_pack_models(nodes, models, device)
+    offload = device.type == "cuda" and not args.keep_loaded
+    print(f"device {device}, model '{args.size}', VAE {args.vae} width, {args.steps} step(s), "
+          f"{'models offloaded between stages' if offload else 'models stay loaded'}", file=sys.stderr)
+    run_pack(nodes, loaded, test_image(256), 1, device)  # warm-up
+    for s in args.images:
+        tiles = s > 1024
+        stages = run_pack(nodes, loaded, test_image(s), args.steps, device, tiles=tiles, offload=offload)[0]
+        print(f"\n## memory: {device.type}, '{args.size}' model, {s}×{s}" + (" (tiled: 1024 px tiles, 128 px "
+              "overlap, tiled VAE)" if tiles else "") + "\n")
+        stage_table({k: [m] for k, m in stages.items()})
 
 
 def reference_runner(spec, models, device, image, steps):
@@ -367,6 +427,14 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--cpu", action="store_true")
+    m = sub.add_parser("memory")
+    m.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
+    m.add_argument("--images", type=int, nargs="+", default=[1024, 2048, 4096], help="square image sizes in px")
+    m.add_argument("--steps", type=int, default=1)
+    m.add_argument("--vae", default="full", choices=["full", "quarter"],
+                   help="'quarter': SD3's VAE at a quarter of its channels, for the CPU")
+    m.add_argument("--keep-loaded", action="store_true", help="on a GPU: do not offload models between stages")
+    m.add_argument("--cpu", action="store_true")
     t = sub.add_parser("tiles")
     t.add_argument("--size", default="tiny", choices=["tiny", "small", "sd3-medium"])
     t.add_argument("--tile", type=int, default=32, help="latent tile size (128 = 1024 px)")
@@ -377,7 +445,7 @@ def main():
     t.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    {"pipeline": pipeline, "tiles": tiles}[args.cmd](args)
+    {"pipeline": pipeline, "memory": memory, "tiles": tiles}[args.cmd](args)
 
 
 if __name__ == "__main__":

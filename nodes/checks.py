@@ -75,3 +75,16 @@ def check_conditioning(base, conditioning, what: str) -> None:
         if not isinstance(entry, (list, tuple)) or len(entry) < 2 or not isinstance(entry[1], dict):
             raise DPIRInputError(f"'{what}' must be a CONDITIONING: wire '{what}' of 'DPIR Dual Prompt'")
         check_prompt(base, entry[0], entry[1].get("pooled_output"), f"'{what}' prompt")
+
+
+def check_lq_latent(lq_latent, channels: int = 16) -> torch.Tensor:
+    """The samples of an LQ latent, or a DPIRInputError saying to wire 'lq_latent' of 'DPIR Robust VAE Encode'."""
+    samples = lq_latent.get("samples") if isinstance(lq_latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[1] != channels:
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else None
+        raise DPIRInputError(f"'lq_latent' must be a {channels}-channel SD3 latent, got {shape}: wire 'lq_latent' "
+                             "of 'DPIR Robust VAE Encode' (a 4-channel SD1.5/SDXL VAE will not do)")
+    if not bool(torch.isfinite(samples).all()):
+        raise DPIRInputError("'lq_latent' contains NaN or infinite values (the VAE overflowed, or the image was "
+                             "broken): encode the LQ image again with 'DPIR Robust VAE Encode'")
+    return samples

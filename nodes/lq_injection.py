@@ -16,7 +16,7 @@ import comfy.utils
 
 from ..models.errors import DPIRInputError, DPIRModelError
 from ..models.lq_condition import inject, token_grid
-from .checks import check_prompt, require_sd3
+from .checks import check_lq_latent, check_prompt, require_sd3
 
 KEY = "dpir_lq"
 
@@ -156,14 +156,7 @@ class DPIRApplyLQCondition:
         existing = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         if isinstance(existing.get(("double_block", 0)), LQInjection):
             raise DPIRInputError("this MODEL already has a DPIR LQ condition: use one 'DPIR Apply LQ Condition' per model")
-        samples = lq_latent.get("samples") if isinstance(lq_latent, dict) else None
-        if samples is None or samples.ndim != 4 or samples.shape[1] != lq_branch.module.latent_channels:
-            shape = None if samples is None else tuple(samples.shape)
-            raise DPIRInputError(f"'lq_latent' must be a 16-channel SD3 latent, got {shape}: wire 'lq_latent' of "
-                                 "'DPIR Robust VAE Encode' (a 4-channel SD1.5/SDXL VAE will not do)")
-        if not bool(torch.isfinite(samples).all()):
-            raise DPIRInputError("'lq_latent' contains NaN or infinite values (the VAE overflowed, or the image was "
-                                 "broken): encode the LQ image again with 'DPIR Robust VAE Encode'")
+        samples = check_lq_latent(lq_latent, lq_branch.module.latent_channels)
         if start_percent > end_percent:
             raise DPIRInputError(f"start_percent {start_percent} is after end_percent {end_percent}")
         comfy.model_management.load_models_gpu([lq_branch.patcher])

@@ -1,4 +1,9 @@
-"""Robust VAE encode: the LQ image → LQ latent (and its robust-decoded image)."""
+"""Robust VAE encode: the LQ image → LQ latent; robust decode: that latent → the cleaned-up LQ image.
+
+Two nodes, not one node with an optional decode output: ComfyUI caches a node's outputs by its inputs only,
+so an output computed or skipped according to what is wired downstream would come back stale from the cache
+once the wiring changes.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,12 +12,14 @@ import torch.nn.functional as F
 import comfy.utils
 
 from ..models.errors import DPIRInputError, DPIRModelError
+from .checks import check_lq_latent
 from .images import to_bchw, to_bhwc
 
 RESIZE_MODES = ("long side", "upscale factor", "keep size")
 TILED_VAE = ("auto", "on", "off")
 TILED_ABOVE = 2048 * 2048  # pixels
 MULTIPLE = 16  # 8 px per latent pixel × patch 2
+LQ_SIZE = "dpir_lq_size"  # the LQ size before padding, carried in the LATENT for the robust decode
 
 
 def target_size(h: int, w: int, mode: str, long_side: int, factor: float) -> tuple[int, int]:
@@ -34,25 +41,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-def _output_used(prompt, unique_id, slot: int) -> bool:
-    """Whether any node of the running prompt reads output ``slot`` of node ``unique_id`` (True when unknown)."""
-    if prompt is None or unique_id is None:
-        return True
-    link = [str(unique_id), slot]
-    return any(isinstance(v, list) and len(v) == 2 and [str(v[0]), v[1]] == link
-               for node in prompt.values() for v in node.get("inputs", {}).values())
-
-
 class DPIRRobustVAEEncode:
     DESCRIPTION = ("Resizes the low-quality image (official default: long side 1024, Lanczos) and encodes it with "
                    "DPIR's robust VAE. Outputs the LQ latent (for 'DPIR Apply LQ Condition' and as the sampler's "
-                   "latent), the resized LQ image (released code: input of the visual prompt and the colour fix) "
-                   "and the robust-decoded LQ image (the paper's input of the visual prompt). Sizes are padded to "
-                   "multiples of 16 for the model; the colour fix crops the result back to the exact size.")
+                   "latent) and the resized LQ image (released code: input of the visual prompt and the colour "
+                   "fix). Sizes are padded to multiples of 16 for the model; the colour fix crops the result back "
+                   "to the exact size. For the paper's robust-decoded LQ add 'DPIR Robust VAE Decode (LQ)'.")
     CATEGORY = "DPIR"
     FUNCTION = "encode"
-    RETURN_TYPES = ("LATENT", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("lq_latent", "lq_image", "robust_decoded")
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("lq_latent", "lq_image")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -66,13 +64,11 @@ class DPIRRobustVAEEncode:
                                          "tooltip": "output size / input size (resize = upscale factor)"}),
         }, "optional": {
             "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip":
-                          "encode/decode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
-        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+                          "encode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
+        }}
 
-    def encode(self, image, vae, resize, long_side, upscale_factor, tiled_vae="auto", prompt=None, unique_id=None):
-        if getattr(vae, "latent_channels", None) != 16:
-            raise DPIRModelError(f"this VAE has {getattr(vae, 'latent_channels', '?')} latent channels; DPIR needs "
-                                 "the robust SD3 VAE (16 channels) from 'DPIR Robust VAE Loader'")
+    def encode(self, image, vae, resize, long_side, upscale_factor, tiled_vae="auto"):
+        _check_vae(vae)
         x = to_bchw(image, "LQ image")
         h, w = target_size(x.shape[2], x.shape[3], resize, long_side, upscale_factor)
         if h * w > 16384 * 16384:
@@ -81,21 +77,53 @@ class DPIRRobustVAEEncode:
             x = comfy.utils.common_upscale(x, w, h, "lanczos", "disabled").clamp(0, 1)
         lq = to_bhwc(x)
         padded = pad_to_multiple(x)
-        pbar = comfy.utils.ProgressBar(2)
-        tiled = tiled_vae == "on" or (tiled_vae == "auto" and h * w > TILED_ABOVE)
-        if tiled:
+        if _tiled(tiled_vae, h, w):
             latent = vae.encode_tiled(to_bhwc(padded), tile_x=1024, tile_y=1024, overlap=64)
         else:
             latent = vae.encode(to_bhwc(padded))
-        pbar.update(1)
-        if _output_used(prompt, unique_id, 2):
-            decoded = vae.decode_tiled(latent, tile_x=128, tile_y=128, overlap=16) if tiled else vae.decode(latent)
-            decoded = decoded[:, :h, :w].contiguous().clamp(0, 1)
-        else:  # nothing reads it: spare a whole VAE decode (the output is then the resized LQ)
-            decoded = lq
-        pbar.update(1)
-        return ({"samples": latent}, lq, decoded)
+        return ({"samples": latent, LQ_SIZE: (h, w)}, lq)
 
 
-NODE_CLASS_MAPPINGS = {"DPIRRobustVAEEncode": DPIRRobustVAEEncode}
-NODE_DISPLAY_NAME_MAPPINGS = {"DPIRRobustVAEEncode": "DPIR Robust VAE Encode"}
+class DPIRRobustVAEDecode:
+    DESCRIPTION = ("Decodes the LQ latent of 'DPIR Robust VAE Encode' back to an image: the LQ cleaned up by the "
+                   "robust encoder, which the paper feeds to 'DPIR Visual Prompt' instead of the LQ image (the "
+                   "released code uses the LQ image). Cropped to the exact LQ size. Costs one VAE decode.")
+    CATEGORY = "DPIR"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("robust_decoded",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lq_latent": ("LATENT", {"tooltip": "lq_latent of 'DPIR Robust VAE Encode'"}),
+            "vae": ("VAE", {"tooltip": "the robust VAE from 'DPIR Robust VAE Loader'"}),
+        }, "optional": {
+            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip":
+                          "decode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
+        }}
+
+    def decode(self, lq_latent, vae, tiled_vae="auto"):
+        _check_vae(vae)
+        z = check_lq_latent(lq_latent)
+        h, w = lq_latent.get(LQ_SIZE, (z.shape[-2] * 8, z.shape[-1] * 8))
+        if _tiled(tiled_vae, h, w):
+            decoded = vae.decode_tiled(z, tile_x=128, tile_y=128, overlap=16)
+        else:
+            decoded = vae.decode(z)
+        return (decoded[:, :h, :w].contiguous().clamp(0, 1),)
+
+
+def _check_vae(vae):
+    if getattr(vae, "latent_channels", None) != 16:
+        raise DPIRModelError(f"this VAE has {getattr(vae, 'latent_channels', '?')} latent channels; DPIR needs "
+                             "the robust SD3 VAE (16 channels) from 'DPIR Robust VAE Loader'")
+
+
+def _tiled(mode: str, h: int, w: int) -> bool:
+    return mode == "on" or (mode == "auto" and h * w > TILED_ABOVE)
+
+
+NODE_CLASS_MAPPINGS = {"DPIRRobustVAEEncode": DPIRRobustVAEEncode, "DPIRRobustVAEDecode": DPIRRobustVAEDecode}
+NODE_DISPLAY_NAME_MAPPINGS = {"DPIRRobustVAEEncode": "DPIR Robust VAE Encode",
+                              "DPIRRobustVAEDecode": "DPIR Robust VAE Decode (LQ)"}

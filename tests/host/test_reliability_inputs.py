@@ -221,10 +221,12 @@ def test_8k_size_handling_and_tile_plan_on_a_cheap_path(pack_nodes):
     DPIRInputError = pack_module("models.errors").DPIRInputError
     tiled = pack_module("nodes.tiled_sampling")
     encode = pack_nodes["DPIRRobustVAEEncode"]().encode
+    decode = pack_nodes["DPIRRobustVAEDecode"]().decode
     # ×4 of a 1920×1081 photo (odd height): 7680×4324 px, padded to 7680×4336 for the VAE, cropped back
     vae = RecordingVAE()
     photo = torch.rand(1, 1081, 1920, 3)
-    latent, lq, decoded = encode(photo, vae, "upscale factor", 1024, 4.0, "auto")
+    latent, lq = encode(photo, vae, "upscale factor", 1024, 4.0, "auto")
+    decoded = decode(latent, vae, "auto")[0]
     assert lq.shape == (1, 4324, 7680, 3) and decoded.shape == (1, 4324, 7680, 3)
     assert latent["samples"].shape == (1, 16, 542, 960)
     assert [c[0] for c in vae.calls] == ["encode_tiled", "decode_tiled"]  # auto: tiled above 2048² px
@@ -232,8 +234,11 @@ def test_8k_size_handling_and_tile_plan_on_a_cheap_path(pack_nodes):
     assert torch.isfinite(lq).all() and lq.min() >= 0 and lq.max() <= 1
     # 'off' is respected; the untiled path at a small size is not tiled
     small = RecordingVAE()
-    encode(torch.rand(1, 30, 40, 3), small, "keep size", 1024, 1.0, "auto")
+    decode(encode(torch.rand(1, 30, 40, 3), small, "keep size", 1024, 1.0, "auto")[0], small, "auto")
     assert [c[0] for c in small.calls] == ["encode", "decode"]
+    off = RecordingVAE()
+    decode(encode(photo, off, "upscale factor", 1024, 4.0, "off")[0], off, "off")
+    assert [c[0] for c in off.calls] == ["encode", "decode"]
     # beyond 16384² the node refuses before allocating anything
     with pytest.raises(DPIRInputError, match="larger than 16384"):
         encode(torch.rand(1, 1100, 1100, 3), RecordingVAE(), "upscale factor", 1024, 16.0, "auto")

@@ -26,7 +26,7 @@ def test_object_info_lists_every_node(object_info):
     mine = {k: v for k, v in object_info.items() if v.get("category") == "DPIR"}
     expect = {
         "DPIRModelLoader": ["MODEL", "DPIR_LQ_BRANCH"], "DPIRRobustVAELoader": ["VAE"],
-        "DPIRCLIPVisionLoader": ["CLIP_VISION"], "DPIRRobustVAEEncode": ["LATENT", "IMAGE", "IMAGE"],
+        "DPIRCLIPVisionLoader": ["CLIP_VISION"], "DPIRRobustVAEEncode": ["LATENT", "IMAGE"], "DPIRRobustVAEDecode": ["IMAGE"],
         "DPIRVisualPrompt": ["CONDITIONING"], "DPIRT5TextPrompt": ["CONDITIONING"],
         "DPIRDualPrompt": ["CONDITIONING", "CONDITIONING"], "DPIRApplyLQCondition": ["MODEL"],
         "DPIRSamplerPatch": ["MODEL", "GUIDER", "SAMPLER", "SIGMAS"], "DPIRColourFix": ["IMAGE"],
