@@ -1,7 +1,8 @@
 """ComfyUI-DPIR benchmark: ratios measured side by side in one run.
 
     python bench/bench.py pipeline [--size small|tiny|sd3-medium] [--image 256] [--steps 4] [--reps 3]
-    python bench/bench.py memory   [--size small|sd3-medium] [--images 1024 2048 4096] [--vae full|quarter]
+    python bench/bench.py overhead [--size small|sd3-medium] [--images 256 512 1024] [--steps 4] [--reps 5]
+    python bench/bench.py memory   [--size small|sd3-medium] [--images 1024 2048 4096]
     python bench/bench.py tiles    [--size tiny|sd3-medium] [--reps 3]
 
 Random weights in the official file formats (tests/tiny_models.py), loaded
@@ -15,6 +16,7 @@ pack end to end vs the independent diffusers reference (tests/reference.py);
 stage breakdown with time and peak memory (CUDA peak allocated on a GPU,
 process RSS high-water on the CPU); on a GPU, the transformer's achieved
 TFLOP/s against the card's bf16 peak.
+overhead: DPIR sampling vs plain SD3 sampling at several sizes, without the VAE.
 memory: the same stages at 1024², 2048² and 4096² (tiled sampling, tile prompts and tiled VAE above one
 1024 px tile, as dpir_restore_large): time and peak memory per stage; on a GPU the models are offloaded
 between stages (as ComfyUI does when VRAM is short), so each peak holds only that stage's models.
@@ -24,7 +26,6 @@ tiled sampling step for 2K, 4K and 8K outputs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib.util
 import statistics
@@ -232,32 +233,61 @@ def stage_table(per_stage):
         print(f"| {k} | {fmt(secs)} | {100 * statistics.median(secs) / total:5.1f}% | {peak:9.0f} ({delta:+.0f}) |")
 
 
-def pipeline(args):
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    spec = spec_for(args.size)
-    nodes, models = host_nodes(spec, device.type)
+def dpir_over_plain(model, dpir, positive, z, steps, rep, device):
+    """DPIR sampling time / plain SD3 sampling time of the same transformer (same prompt tensors, steps,
+    sampler, schedule, shift), timed back to back in alternating order so caches and allocators favour neither."""
     import comfy.sample
     import comfy.samplers
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
+    m_plain = ModelSamplingSD3().patch(model, 3.0)[0]
+    guider = comfy.samplers.CFGGuider(m_plain)
+    guider.set_conds(positive, positive)
+    guider.set_cfg(1.0)
+    plain = (guider, comfy.samplers.sampler_object("euler"),
+             comfy.samplers.calculate_sigmas(m_plain.get_model_object("model_sampling"), "normal", steps))
+
+    def sample(guider, sampler, sigmas):
+        with Memory(device) as m:
+            guider.sample(comfy.sample.prepare_noise(z, 0), z, sampler, sigmas, seed=0)
+        return m.seconds
+
+    if rep % 2 == 0:
+        t_dpir, t_plain = sample(*dpir), sample(*plain)
+    else:
+        t_plain, t_dpir = sample(*plain), sample(*dpir)
+    return t_dpir / t_plain
+
+
+def overhead(args):
+    """DPIR vs plain SD3 sampling at each size, without the VAE (random LQ latent; prompts from a 256² image)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    nodes, models = host_nodes(spec, device.type)
+    model, branch, _, clip1, clip2 = load_pack_models(nodes, models, device)
+    visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, test_image(256))[0]
+    text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
+    positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
+    print(f"\n## DPIR / plain SD3 sampling: {device.type}, '{args.size}' model, {args.steps} steps, "
+          f"{args.reps} reps\n\n| image | DPIR / plain |\n|---|---|")
+    for s in args.images:
+        latent = {"samples": torch.randn(1, 16, s // 8, s // 8, generator=torch.Generator().manual_seed(1))}
+        patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
+        dpir = nodes["DPIRSamplerPatch"]().patch(patched, positive, args.steps, 1.0, 3.0)[1:]
+        dpir_over_plain(model, dpir, positive, latent["samples"], 1, 0, device)  # warm-up
+        ratio = [dpir_over_plain(model, dpir, positive, latent["samples"], args.steps, rep, device)
+                 for rep in range(args.reps)]
+        print(f"| {s}² | {fmt(ratio, '×')} |")
+
+
+def pipeline(args):
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    nodes, models = host_nodes(spec, device.type)
     loaded = load_pack_models(nodes, models, device)
     model, _, vae, _, _ = loaded
     s = args.image
     image = test_image(s)
-
-    def sample(guider, sampler, sigmas, latent):
-        with Memory(device) as m:
-            guider.sample(comfy.sample.prepare_noise(latent, 0), latent, sampler, sigmas, seed=0)
-        return m.seconds
-
-    def plain_sd3(positive):
-        """Plain SD3 sampling of the same transformer: same prompt tensors, steps, sampler, schedule, shift."""
-        m_plain = ModelSamplingSD3().patch(model, 3.0)[0]
-        guider = comfy.samplers.CFGGuider(m_plain)
-        guider.set_conds(positive, positive)
-        guider.set_cfg(1.0)
-        sigmas = comfy.samplers.calculate_sigmas(m_plain.get_model_object("model_sampling"), "normal", args.steps)
-        return guider, comfy.samplers.sampler_object("euler"), sigmas
 
     print(f"device {device}, model '{args.size}' ({spec.num_layers} blocks, width {spec.hidden}), image {s}², "
           f"{args.steps} steps, {args.reps} repetitions (median [min–max])", file=sys.stderr)
@@ -269,14 +299,7 @@ def pipeline(args):
         for k, m in stages.items():
             per_stage.setdefault(k, []).append(m)
         pack_total.append(sum(m.seconds for m in stages.values()))
-        # DPIR vs plain sampling back to back, in alternating order (CPU caches and allocators favour neither)
-        plain = plain_sd3(positive)
-        z = latent["samples"]
-        if rep % 2 == 0:
-            t_dpir, t_plain = sample(*dpir, z), sample(*plain, z)
-        else:
-            t_plain, t_dpir = sample(*plain, z), sample(*dpir, z)
-        ratio.append(t_dpir / t_plain)
+        ratio.append(dpir_over_plain(model, dpir, positive, latent["samples"], args.steps, rep, device))
         with Memory(device) as robust:
             nodes["DPIRRobustVAEDecode"]().decode(latent, vae)
         decode_ratio.append((stages["robust VAE encode"].seconds + robust.seconds) / stages["robust VAE encode"].seconds)
@@ -304,13 +327,10 @@ def memory(args):
     """Per-stage time and peak memory of one restoration at each size; tiled above one 1024 px tile."""
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     spec = spec_for(args.size)
-    if args.vae == "quarter":
-        spec = dataclasses.replace(spec, vae_full_block_out_channels=tuple(
-            c // 4 for c in spec.vae_full_block_out_channels))
     nodes, models = host_nodes(spec, device.type)
     loaded = load_pack_models(nodes, models, device)
     offload = device.type == "cuda" and not args.keep_loaded
-    print(f"device {device}, model '{args.size}', VAE {args.vae} width, {args.steps} step(s), "
+    print(f"device {device}, model '{args.size}', {args.steps} step(s), "
           f"{'models offloaded between stages' if offload else 'models stay loaded'}", file=sys.stderr)
     run_pack(nodes, loaded, test_image(256), 1, device)  # warm-up
     for s in args.images:
@@ -427,12 +447,16 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--cpu", action="store_true")
+    o = sub.add_parser("overhead")
+    o.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
+    o.add_argument("--images", type=int, nargs="+", default=[256, 512, 1024])
+    o.add_argument("--steps", type=int, default=4)
+    o.add_argument("--reps", type=int, default=5)
+    o.add_argument("--cpu", action="store_true")
     m = sub.add_parser("memory")
     m.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
     m.add_argument("--images", type=int, nargs="+", default=[1024, 2048, 4096], help="square image sizes in px")
     m.add_argument("--steps", type=int, default=1)
-    m.add_argument("--vae", default="full", choices=["full", "quarter"],
-                   help="'quarter': SD3's VAE at a quarter of its channels, for the CPU")
     m.add_argument("--keep-loaded", action="store_true", help="on a GPU: do not offload models between stages")
     m.add_argument("--cpu", action="store_true")
     t = sub.add_parser("tiles")
@@ -445,7 +469,8 @@ def main():
     t.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    {"pipeline": pipeline, "memory": memory, "tiles": tiles}[args.cmd](args)
+    with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
+        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles}[args.cmd](args)
 
 
 if __name__ == "__main__":
