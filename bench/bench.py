@@ -1,7 +1,7 @@
 """ComfyUI-DPIR benchmark: ratios measured side by side in one run.
 
     python bench/bench.py pipeline [--size small|tiny|sd3-medium] [--image 256] [--steps 4] [--reps 3]
-    python bench/bench.py overhead [--size small|sd3-medium] [--images 256 512 1024] [--steps 4] [--reps 5]
+    python bench/bench.py overhead [--size small|sd3-medium] [--images 256 512 1024] [--steps 4] [--reps 5] [--compile]
     python bench/bench.py memory   [--size small|sd3-medium] [--images 1024 2048 4096]
     python bench/bench.py tiles    [--size tiny|sd3-medium] [--reps 3]
 
@@ -233,34 +233,42 @@ def stage_table(per_stage):
         print(f"| {k} | {fmt(secs)} | {100 * statistics.median(secs) / total:5.1f}% | {peak:9.0f} ({delta:+.0f}) |")
 
 
+def timed_pair(first, second, z, rep, device):
+    """Seconds of sampling with ``first`` and with ``second`` (each a (guider, sampler, sigmas) tuple), back
+    to back in alternating order so caches and allocators favour neither."""
+    import comfy.sample
+
+    def sample(m):
+        with Memory(device) as mem:
+            m[0].sample(comfy.sample.prepare_noise(z, 0), z, m[1], m[2], seed=0)
+        return mem.seconds
+
+    if rep % 2 == 0:
+        a, b = sample(first), sample(second)
+    else:
+        b, a = sample(second), sample(first)
+    return a, b
+
+
 def dpir_over_plain(model, dpir, positive, z, steps, rep, device):
     """DPIR sampling time / plain SD3 sampling time of the same transformer (same prompt tensors, steps,
-    sampler, schedule, shift), timed back to back in alternating order so caches and allocators favour neither."""
-    import comfy.sample
+    sampler, schedule, shift 3)."""
     import comfy.samplers
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
-    m_plain = ModelSamplingSD3().patch(model, 3.0)[0]
-    guider = comfy.samplers.CFGGuider(m_plain)
+    plain = ModelSamplingSD3().patch(model, 3.0)[0]
+    guider = comfy.samplers.CFGGuider(plain)
     guider.set_conds(positive, positive)
     guider.set_cfg(1.0)
-    plain = (guider, comfy.samplers.sampler_object("euler"),
-             comfy.samplers.calculate_sigmas(m_plain.get_model_object("model_sampling"), "normal", steps))
-
-    def sample(guider, sampler, sigmas):
-        with Memory(device) as m:
-            guider.sample(comfy.sample.prepare_noise(z, 0), z, sampler, sigmas, seed=0)
-        return m.seconds
-
-    if rep % 2 == 0:
-        t_dpir, t_plain = sample(*dpir), sample(*plain)
-    else:
-        t_plain, t_dpir = sample(*plain), sample(*dpir)
+    sigmas = comfy.samplers.calculate_sigmas(plain.get_model_object("model_sampling"), "normal", steps)
+    t_dpir, t_plain = timed_pair(dpir, (guider, comfy.samplers.sampler_object("euler"), sigmas), z, rep,
+                                 device)
     return t_dpir / t_plain
 
 
 def overhead(args):
-    """DPIR vs plain SD3 sampling at each size, without the VAE (random LQ latent; prompts from a 256² image)."""
+    """DPIR vs plain SD3 sampling at each size, without the VAE (random LQ latent; prompts from a 256² image);
+    with --compile also DPIR through ComfyUI's TorchCompileModel (inductor) vs DPIR eager."""
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     spec = spec_for(args.size)
     nodes, models = host_nodes(spec, device.type)
@@ -269,15 +277,28 @@ def overhead(args):
     text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
     positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
     print(f"\n## DPIR / plain SD3 sampling: {device.type}, '{args.size}' model, {args.steps} steps, "
-          f"{args.reps} reps\n\n| image | DPIR / plain |\n|---|---|")
+          f"{args.reps} reps\n\n| image | DPIR / plain |" + (" eager DPIR / compiled DPIR | compile (s) |"
+                                                              if args.compile else "") +
+          "\n|---|---|" + ("---|---|" if args.compile else ""))
     for s in args.images:
-        latent = {"samples": torch.randn(1, 16, s // 8, s // 8, generator=torch.Generator().manual_seed(1))}
-        patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
+        z = torch.randn(1, 16, s // 8, s // 8, generator=torch.Generator().manual_seed(1))
+        patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
         dpir = nodes["DPIRSamplerPatch"]().patch(patched, positive, args.steps, 1.0, 3.0)[1:]
-        dpir_over_plain(model, dpir, positive, latent["samples"], 1, 0, device)  # warm-up
-        ratio = [dpir_over_plain(model, dpir, positive, latent["samples"], args.steps, rep, device)
-                 for rep in range(args.reps)]
-        print(f"| {s}² | {fmt(ratio, '×')} |")
+        dpir_over_plain(model, dpir, positive, z, 1, 0, device)  # warm-up
+        ratio = [dpir_over_plain(model, dpir, positive, z, args.steps, rep, device) for rep in range(args.reps)]
+        row = f"| {s}² | {fmt(ratio, '×')} |"
+        if args.compile:
+            from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+            torch._dynamo.reset()
+            compiled = TorchCompileModel.execute(patched, "inductor").result[0]
+            compiled = nodes["DPIRSamplerPatch"]().patch(compiled, positive, args.steps, 1.0, 3.0)[1:]
+            t0 = time.perf_counter()
+            timed_pair(compiled, dpir, z, 0, device)  # compiles
+            compile_s = time.perf_counter() - t0
+            pairs = [timed_pair(dpir, compiled, z, rep, device) for rep in range(args.reps)]
+            row += f" {fmt([a / b for a, b in pairs], '×')} | {compile_s:.0f} |"
+        print(row)
 
 
 def pipeline(args):
@@ -452,6 +473,7 @@ def main():
     o.add_argument("--images", type=int, nargs="+", default=[256, 512, 1024])
     o.add_argument("--steps", type=int, default=4)
     o.add_argument("--reps", type=int, default=5)
+    o.add_argument("--compile", action="store_true", help="also time DPIR through TorchCompileModel (inductor)")
     o.add_argument("--cpu", action="store_true")
     m = sub.add_parser("memory")
     m.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
