@@ -135,6 +135,13 @@ def host_nodes(spec: tm.TinySpec, device: str):
     return pack.NODE_CLASS_MAPPINGS, models
 
 
+def setup(args):
+    """The device (a GPU unless --cpu), the model spec of --size, and ComfyUI with the pack on its files."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    spec = spec_for(args.size)
+    return (device, spec) + host_nodes(spec, device.type)
+
+
 def median_spread(xs):
     return statistics.median(xs), min(xs), max(xs)
 
@@ -269,9 +276,7 @@ def dpir_over_plain(model, dpir, positive, z, steps, rep, device):
 def overhead(args):
     """DPIR vs plain SD3 sampling at each size, without the VAE (random LQ latent; prompts from a 256² image);
     with --compile also DPIR through ComfyUI's TorchCompileModel (inductor) vs DPIR eager."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    spec = spec_for(args.size)
-    nodes, models = host_nodes(spec, device.type)
+    device, _, nodes, models = setup(args)
     model, branch, _, clip1, clip2 = load_pack_models(nodes, models, device)
     visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, test_image(256))[0]
     text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
@@ -302,9 +307,7 @@ def overhead(args):
 
 
 def pipeline(args):
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    spec = spec_for(args.size)
-    nodes, models = host_nodes(spec, device.type)
+    device, spec, nodes, models = setup(args)
     loaded = load_pack_models(nodes, models, device)
     model, _, vae, _, _ = loaded
     s = args.image
@@ -346,9 +349,7 @@ def pipeline(args):
 
 def memory(args):
     """Per-stage time and peak memory of one restoration at each size; tiled above one 1024 px tile."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    spec = spec_for(args.size)
-    nodes, models = host_nodes(spec, device.type)
+    device, _, nodes, models = setup(args)
     loaded = load_pack_models(nodes, models, device)
     offload = device.type == "cuda" and not args.keep_loaded
     print(f"device {device}, model '{args.size}', {args.steps} step(s), "
@@ -394,9 +395,7 @@ def reference_runner(spec, models, device, image, steps):
 
 
 def tiles(args):
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    spec = spec_for(args.size)
-    nodes, _ = host_nodes(spec, device.type)
+    device, spec, nodes, _ = setup(args)
     import comfy.sample
 
     ts = sys.modules[f"{PACK_NAME}.nodes.tiled_sampling"]

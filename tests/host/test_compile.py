@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from host.test_conformance import HOST, inputs
+from host.test_conformance import HOST, inputs, lq_model, sample_model
 
 pytestmark = pytest.mark.skipif(HOST.path is None, reason=f"no ComfyUI host: {HOST.reason}")
 
@@ -20,27 +20,18 @@ pytestmark = pytest.mark.skipif(HOST.path is None, reason=f"no ComfyUI host: {HO
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                     reason="torch.compile's inductor needs a C compiler on the CPU (install gcc)")
 def test_core_torch_compile_node_on_a_dpir_model(pack_nodes):
-    import comfy.sample
     import torch._dynamo
     from comfy_extras.nodes_torch_compile import TorchCompileModel
 
     z, ctx, pooled = inputs()
-    model, branch = pack_nodes["DPIRModelLoader"]().load("transformer/diffusion_pytorch_model.safetensors", "default")
-    patched = pack_nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
-
-    def sample(m):
-        _, guider, sampler, sigmas = pack_nodes["DPIRSamplerPatch"]().patch(
-            m, [[ctx, {"pooled_output": pooled}]], 3, 1.0, 3.0)
-        latent = torch.zeros_like(z)
-        with torch.inference_mode():  # as ComfyUI runs a prompt
-            return guider.sample(comfy.sample.prepare_noise(latent, 5), latent, sampler, sigmas, seed=5)
-
-    eager = sample(patched)
+    patched = lq_model(pack_nodes, z, 1.0)
+    eager = sample_model(pack_nodes, patched, z, ctx, pooled, 3, 5, 1.0)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled = sample(TorchCompileModel.execute(patched, "inductor").result[0])
+    compiled = sample_model(pack_nodes, TorchCompileModel.execute(patched, "inductor").result[0], z, ctx, pooled,
+                            3, 5, 1.0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the compiled module really ran
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     # and the LQ condition was part of it: without it the result is far from both
-    plain = pack_nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 0.0, 0.0, 1.0)[0]
-    assert (sample(plain) - compiled).abs().max() > 1e-2
+    plain = sample_model(pack_nodes, lq_model(pack_nodes, z, 0.0), z, ctx, pooled, 3, 5, 1.0)
+    assert (plain - compiled).abs().max() > 1e-2

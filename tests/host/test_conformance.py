@@ -38,16 +38,26 @@ def reference_sample(transformer, control_sd, z_lq_raw, context, pooled, steps, 
     return latents / SPEC.vae_scaling_factor + SPEC.vae_shift_factor
 
 
-def comfy_sample(nodes, z_lq_raw, context, pooled, steps, seed, cfg, strength):
+def lq_model(nodes, z_lq_raw, strength, weight_dtype="default"):
+    """The tiny DPIR MODEL from the pack's loader, with the LQ condition of ``z_lq_raw`` applied."""
+    model, branch = nodes["DPIRModelLoader"]().load("transformer/diffusion_pytorch_model.safetensors", weight_dtype)
+    return nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z_lq_raw}, strength, 0.0, 1.0)[0]
+
+
+def sample_model(nodes, model, z_lq_raw, context, pooled, steps, seed, cfg):
+    """Sampling through DPIR Sampler Patch's GUIDER, from the LQ latent, as ComfyUI runs a prompt."""
     import comfy.sample
 
-    model, branch = nodes["DPIRModelLoader"]().load("transformer/diffusion_pytorch_model.safetensors", "default")
-    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z_lq_raw}, strength, 0.0, 1.0)[0]
     _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(
-        patched, [[context, {"pooled_output": pooled}]], steps, cfg, 3.0)
+        model, [[context, {"pooled_output": pooled}]], steps, cfg, 3.0)
     latent = torch.zeros_like(z_lq_raw)
     noise = comfy.sample.prepare_noise(latent, seed)
-    return guider.sample(noise, latent, sampler, sigmas, seed=seed)
+    with torch.inference_mode():
+        return guider.sample(noise, latent, sampler, sigmas, seed=seed)
+
+
+def comfy_sample(nodes, z_lq_raw, context, pooled, steps, seed, cfg, strength):
+    return sample_model(nodes, lq_model(nodes, z_lq_raw, strength), z_lq_raw, context, pooled, steps, seed, cfg)
 
 
 def inputs(seed=0, h=8, w=12):

@@ -8,26 +8,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from host.test_conformance import HOST, inputs
+from host.test_conformance import HOST, inputs, lq_model, sample_model
 
 pytestmark = pytest.mark.skipif(HOST.path is None, reason=f"no ComfyUI host: {HOST.reason}")
-FILE = "transformer/diffusion_pytorch_model.safetensors"
 # (stored dtype, largest error of the sampled latent relative to its fp32 range)
 CASES = {"fp16": (torch.float16, 1e-3), "bf16": (torch.bfloat16, 0.01), "fp8_e4m3fn": (torch.float8_e4m3fn, 0.05),
          "fp8_e5m2": (torch.float8_e5m2, 0.1)}
 
 
 def sample(nodes, weight_dtype, z, ctx, pooled):
-    import comfy.sample
-
-    model, branch = nodes["DPIRModelLoader"]().load(FILE, weight_dtype)
-    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
-    _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, [[ctx, {"pooled_output": pooled}]],
-                                                                    3, 1.0, 3.0)
-    latent = torch.zeros_like(z)
-    with torch.inference_mode():
-        out = guider.sample(comfy.sample.prepare_noise(latent, 3), latent, sampler, sigmas, seed=3)
-    return model, out
+    model = lq_model(nodes, z, 1.0, weight_dtype)
+    return model, sample_model(nodes, model, z, ctx, pooled, 3, 3, 1.0)
 
 
 def linear_weights(model):

@@ -4,7 +4,7 @@
 // (nodes/web_ui.py: compare_ui).
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, fitCanvas, graphScale, loadImage, viewURL } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, loadImage, viewURL } from './dpir_dom.js'
 
 const NODE = 'DPIRColourFix'
 const MAX_ZOOM = 64
@@ -228,22 +228,11 @@ app.registerExtension({
   name: 'DPIR.CompareView',
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE) return
-    const onNodeCreated = nodeType.prototype.onNodeCreated
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments)
-      this.dpirCompare = new CompareView(this)
-      return r
-    }
-    const onConfigure = nodeType.prototype.onConfigure
-    nodeType.prototype.onConfigure = function () {
-      const r = onConfigure?.apply(this, arguments)
-      ensureSize(this, 360, 420) // a saved size from before this extension may be too small for the view
-      return r
-    }
-    const onExecuted = nodeType.prototype.onExecuted
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments)
-      if (message?.dpir_compare) this.dpirCompare?.setItems(message.dpir_compare)
-    }
+    extendMethod(nodeType, 'onNodeCreated', (node) => { node.dpirCompare = new CompareView(node) })
+    // a saved size from before this extension may be too small for the view
+    extendMethod(nodeType, 'onConfigure', (node) => ensureSize(node, 360, 420))
+    extendMethod(nodeType, 'onExecuted', (node, message) => {
+      if (message?.dpir_compare) node.dpirCompare?.setItems(message.dpir_compare)
+    })
   }
 })

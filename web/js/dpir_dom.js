@@ -87,6 +87,16 @@ export function widget(node, name) {
   return node?.widgets?.find((w) => w.name === name)
 }
 
+// extend a LiteGraph node method on a node type: the original runs first, then after(node, ...args)
+export function extendMethod(nodeType, name, after) {
+  const original = nodeType.prototype[name]
+  nodeType.prototype[name] = function (...args) {
+    const r = original?.apply(this, args)
+    after(this, ...args)
+    return r
+  }
+}
+
 export function wrapCallback(w, after) {
   if (!w || w.__dpirWrapped) return
   const cb = w.callback

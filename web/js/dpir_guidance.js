@@ -4,7 +4,7 @@
 // MODEL_FILES in nodes/model_files.py: the same text as the loaders' "file missing" errors and the README table.
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, widget, wrapCallback } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, widget, wrapCallback } from './dpir_dom.js'
 
 let payload = null
 let loading = null
@@ -103,18 +103,9 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const p = await modelFiles()
     if (!p?.loaders?.[nodeData.name]) return
-    const onNodeCreated = nodeType.prototype.onNodeCreated
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments)
-      setTimeout(() => refresh(this), 0) // after a loaded workflow has set the widget values
-      return r
-    }
-    const onConfigure = nodeType.prototype.onConfigure
-    nodeType.prototype.onConfigure = function () {
-      const r = onConfigure?.apply(this, arguments)
-      setTimeout(() => refresh(this), 0)
-      return r
-    }
+    // after a loaded workflow has set the widget values
+    extendMethod(nodeType, 'onNodeCreated', (node) => setTimeout(() => refresh(node), 0))
+    extendMethod(nodeType, 'onConfigure', (node) => setTimeout(() => refresh(node), 0))
   },
   async refreshComboInNodes() {
     await modelFiles(true) // folders may have changed: new guidance text and lists

@@ -7,7 +7,7 @@
 // 'DPIR Robust VAE Encode' (e.g. Load Image) at the size that node will resize it to.
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, fitCanvas, graphScale, inputNode, loadImage, viewURL, widget, wrapCallback } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, inputNode, loadImage, viewURL, widget, wrapCallback } from './dpir_dom.js'
 import { dpirTilePlan, encodeTargetSize, tileBatchMemory } from './dpir_tile_plan.js'
 
 const NODE = 'DPIRTiledPrompt'
@@ -208,28 +208,12 @@ app.registerExtension({
   name: 'DPIR.TileOverlay',
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE) return
-    const onNodeCreated = nodeType.prototype.onNodeCreated
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments)
-      this.dpirTiles = new TileOverlay(this)
-      return r
-    }
-    const onConfigure = nodeType.prototype.onConfigure
-    nodeType.prototype.onConfigure = function () {
-      const r = onConfigure?.apply(this, arguments)
-      ensureSize(this, 360, 480) // a saved size from before this extension may be too small for the view
-      return r
-    }
-    const onExecuted = nodeType.prototype.onExecuted
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments)
-      if (message?.dpir_tiles?.length) this.dpirTiles?.setExecuted(message.dpir_tiles[0])
-    }
-    const onDrawForeground = nodeType.prototype.onDrawForeground
-    nodeType.prototype.onDrawForeground = function () {
-      const r = onDrawForeground?.apply(this, arguments)
-      this.dpirTiles?.poll()
-      return r
-    }
+    extendMethod(nodeType, 'onNodeCreated', (node) => { node.dpirTiles = new TileOverlay(node) })
+    // a saved size from before this extension may be too small for the view
+    extendMethod(nodeType, 'onConfigure', (node) => ensureSize(node, 360, 480))
+    extendMethod(nodeType, 'onExecuted', (node, message) => {
+      if (message?.dpir_tiles?.length) node.dpirTiles?.setExecuted(message.dpir_tiles[0])
+    })
+    extendMethod(nodeType, 'onDrawForeground', (node) => node.dpirTiles?.poll())
   }
 })
