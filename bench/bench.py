@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models as tm  # noqa: E402
-from host.comfy_harness import PACK_NAME, find_comfyui  # noqa: E402
+from host.comfy_harness import PACK_NAME, find_comfyui, load_compat  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 
@@ -122,7 +122,8 @@ def host_nodes(spec: tm.TinySpec, device: str):
 
     save_file({"t5_embedding": emb}, str(models / "dpir" / "prompt.safetensors"))
     (base / "custom_nodes").mkdir()
-    sys.argv = ["main.py", "--base-directory", str(base), "--disable-api-nodes"] + (["--cpu"] if device == "cpu" else [])
+    sys.argv = ["main.py", "--base-directory", str(base), *load_compat().no_api_nodes_flags(comfy.path)] + (
+        ["--cpu"] if device == "cpu" else [])
     sys.path.insert(0, str(comfy.path))
     import comfy.options
 

@@ -19,6 +19,7 @@ import folder_paths
 from ..models.checkpoints import load_transformer, load_vae, read_weights
 from ..models.errors import DPIRModelError
 from ..models.lq_condition import LQCondition
+from . import compat
 from .model_files import DPIR_FOLDER, guidance, list_models, register_folders, resolve
 
 register_folders()
@@ -72,13 +73,15 @@ class DPIRModelLoader:
         return {"required": {
             "transformer": (files or ["none"], {"tooltip": guidance("dpir_transformer")}),
             "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip":
-                             "storage precision of the DiT weights; fp8 halves VRAM on GPUs that support it"}),
+                             "precision the DiT weights are stored in on the GPU (fp16/bf16: half of fp32; fp8: half "
+                             "again, on GPUs that support it); with ComfyUI's classic model loading also in RAM, with "
+                             "its dynamic VRAM loading the RAM copy keeps the file's precision"}),
         }, "optional": {
             "lq_branch": ([INSIDE] + files, {"default": INSIDE, "tooltip":
                           "a separate file holding only control_conv.*, if the transformer file lacks it"}),
         }}
 
-    def load(self, transformer, weight_dtype, lq_branch=INSIDE):
+    def load(self, transformer, weight_dtype, lq_branch=INSIDE, disable_dynamic=False):
         path = _diffusers_folder(resolve(DPIR_FOLDER, transformer, "dpir_transformer"))
         lq_path = None if lq_branch in (None, "", INSIDE) else resolve(DPIR_FOLDER, lq_branch, "dpir_transformer")
         ckpt = load_transformer(path, lq_path)
@@ -88,9 +91,12 @@ class DPIRModelLoader:
         if ckpt.lq_state_dict is None:
             raise DPIRModelError(f"{ckpt.source} has no LQ branch (control_conv): it is a plain SD3 transformer. "
                                  "Use the DPIR transformer, or select the LQ branch file in 'lq_branch'")
-        model = comfy.sd.load_diffusion_model_state_dict(dict(ckpt.state_dict), model_options=dict(WEIGHT_DTYPES[weight_dtype]))
+        model = compat.load_diffusion_model_state_dict(dict(ckpt.state_dict), dict(WEIGHT_DTYPES[weight_dtype]),
+                                                       disable_dynamic)
         if model is None:
             raise DPIRModelError(f"ComfyUI did not recognise {ckpt.source} as SD3 ({ckpt.layout})")
+        # how ComfyUI reloads this MODEL (MultiGPU clones, hooks on a dynamic-VRAM model), as core loaders set it
+        compat.set_reload_factory(model, DPIRModelLoader().load, (transformer, weight_dtype, lq_branch), 0)
         branch = LQCondition.from_state_dict(ckpt.lq_state_dict, ckpt.source).eval()
         return (model, LQBranch(branch, ckpt.source))
 

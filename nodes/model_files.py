@@ -12,6 +12,7 @@ import folder_paths
 
 from ..models.checkpoints import WEIGHT_SUFFIXES
 from ..models.errors import DPIRModelError
+from .compat import path_config_name
 
 DPIR_FOLDER = "dpir"
 DPIR_EXTENSIONS = set(WEIGHT_SUFFIXES) | {".json"}
@@ -65,7 +66,7 @@ MODEL_FILES = {
 
 
 def register_folders() -> None:
-    """Add ``models/dpir`` (extra_model_paths.yaml may add more paths under the key ``dpir``)."""
+    """Add ``models/dpir`` (extra_paths.yaml / extra_model_paths.yaml may add more paths under the key ``dpir``)."""
     default = os.path.join(folder_paths.models_dir, DPIR_FOLDER)
     paths, exts = folder_paths.folder_names_and_paths.get(DPIR_FOLDER, ([], set()))
     if default not in paths:
@@ -114,7 +115,7 @@ def resolve(folder: str, name: str, kind: str) -> Path:
         if real != base_real and base_real not in real.parents:
             raise DPIRModelError(f"refusing '{name}': it points outside the model folder {base} "
                                  "(a '..' path or a symbolic link to elsewhere); move the file into the folder, or add "
-                                 "its real folder to extra_model_paths.yaml")
+                                 f"its real folder to {path_config_name()} (in the ComfyUI folder)")
         if candidate.exists():
             return candidate
     raise DPIRModelError(f"model file '{name}' was not found. {guidance(kind)}")

@@ -74,16 +74,26 @@ def find_comfyui() -> HostLookup:
     return HostLookup(None, f"no ComfyUI found: COMFYUI_PATH unset, none above {here}, none at {home}")
 
 
-def load_workflow_api():
-    """nodes/workflow_api.py as a stand-alone module (importing it through the
-    pack's ``nodes`` package would import the node modules, which need ComfyUI)."""
-    name = "dpir_workflow_api"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "nodes" / "workflow_api.py")
+def load_standalone(name: str):
+    """``nodes/<name>.py`` as a stand-alone module (importing it through the pack's ``nodes`` package would
+    import the node modules, which need ComfyUI); for the modules that import no ComfyUI."""
+    key = f"dpir_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, PACK_ROOT / "nodes" / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
+        sys.modules[key] = mod
         spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return sys.modules[key]
+
+
+def load_workflow_api():
+    """nodes/workflow_api.py, stand-alone."""
+    return load_standalone("workflow_api")
+
+
+def load_compat():
+    """nodes/compat.py (the ComfyUI touch points and version differences), stand-alone."""
+    return load_standalone("compat")
 
 
 # ---------------------------------------------------------------- errors
@@ -430,8 +440,8 @@ def start_server(comfy_path: Path, base_dir: Path | None = None, *,
     log_path = base / "server.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
-           "--disable-api-nodes", "--disable-auto-launch",
-           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME]
+           "--disable-auto-launch", "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
+           *load_compat().no_api_nodes_flags(comfy_path)]
     if yaml_path is not None:
         cmd += ["--extra-model-paths-config", str(yaml_path)]
     cmd += list(extra_args)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from .comfy_harness import PACK_NAME, PACK_ROOT, Server, find_comfyui, load_workflow_api
+from .comfy_harness import PACK_NAME, PACK_ROOT, Server, find_comfyui, load_compat, load_workflow_api
 from .comfy_harness import start_server as _start_server
 
 HOST = find_comfyui()
@@ -162,7 +162,7 @@ def pack_nodes(comfyui_path, tmp_path_factory):
     tm.write_clip_vision_folder(models / "clip_vision" / "clip_bigg", SPEC, which=2)
     (base / "custom_nodes").mkdir()
     argv = sys.argv
-    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-api-nodes"]
+    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), *load_compat().no_api_nodes_flags(comfyui_path)]
     sys.path.insert(0, str(comfyui_path))
     try:
         import comfy.options

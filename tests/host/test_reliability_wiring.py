@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME, ExecutionFailed, PromptRejected
+from host.comfy_harness import PACK_NAME, ExecutionFailed, PromptRejected, load_compat
 from host.dpir_env import PROMPT_EMBEDDING, SPEC, api_of, node_id, write_photo
 
 INSIDE = "(inside the transformer file)"
@@ -167,7 +167,7 @@ def test_broken_or_foreign_clip_vision_file(server, files, name, needles):
     assert not files["marker"].exists()
 
 
-def test_paths_that_leave_the_model_folder(server, files):
+def test_paths_that_leave_the_model_folder(server, files, comfyui_path):
     # ComfyUI's own validation already refuses any name that is not in the loader's list: '..' and absolute paths
     for name in ("../vae/sd3_vae.safetensors", "/etc/passwd", str(files["outside_file"])):
         with pytest.raises(PromptRejected) as e:
@@ -178,7 +178,8 @@ def test_paths_that_leave_the_model_folder(server, files):
     for name in ("linked_file.safetensors", "linked_folder/diffusion_pytorch_model.safetensors"):
         assert name in listed
         fails(server, sink({"1": model_loader(name)}, ["1", 0]), "DPIRModelLoader",
-              f"refusing '{name}'", "points outside the model folder", "extra_model_paths.yaml")
+              f"refusing '{name}'", "points outside the model folder",
+              load_compat().path_config_name(comfyui_path))  # the YAML this host reads
     # the same file, inside the folder, loads
     entry = server.run(sink({"1": model_loader(GOOD)}, ["1", 0]), timeout=300)
     assert entry["status"]["status_str"] == "success"
