@@ -1,4 +1,12 @@
 // Shared helpers of the DPIR web extensions (no side effects: the server loads every .js under web/ as an extension).
+//
+// Frontend APIs the extensions use, tested on frontend 1.27.10 (tests/host/test_browser.py) and read in the
+// stored ComfyUI_frontend sources of 1.5x: the legacy module shims scripts/app.js and scripts/api.js (still
+// generated from src/scripts), app.registerExtension with setup / beforeRegisterNodeDef / refreshComboInNodes,
+// the node methods onNodeCreated / onConfigure / onExecuted / onDrawForeground / onRemoved, node.addDOMWidget
+// (options serialize, hideOnZoom, getMinHeight), api.apiURL / api.fetchApi, and node docs at
+// web/docs/<Node>.md (1.5x first tries docs/<Node>/<locale>.md, then this file). With the Vue node renderer
+// (1.3x+ "Nodes 2.0") canvas hooks such as onDrawForeground do not run: dpir_tiles.js polls on a timer there.
 
 export const PACK = 'ComfyUI-DPIR'
 

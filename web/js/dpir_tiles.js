@@ -44,7 +44,22 @@ class TileOverlay {
     this.widget = addPanel(node, 'dpir_tile_overlay', this.element, 190)
     for (const name of ['tile_size', 'tile_overlap', 'seam_shift']) wrapCallback(widget(node, name), () => this.update())
     new ResizeObserver(() => this.render()).observe(this.canvas)
+    // upstream changes are noticed on the node's canvas frames (onDrawForeground); where no frames come -- nodes
+    // rendered by the frontend's Vue node renderer (1.3x+ "Nodes 2.0") -- a slow timer polls instead
+    this.lastFrame = 0
+    this.timer = setInterval(() => {
+      if (this.element.isConnected && performance.now() - this.lastFrame > 1000) this.poll()
+    }, 500)
     this.update()
+  }
+
+  frame() {
+    this.lastFrame = performance.now()
+    this.poll()
+  }
+
+  dispose() {
+    clearInterval(this.timer)
   }
 
   async setExecuted(info) {
@@ -214,6 +229,7 @@ app.registerExtension({
     extendMethod(nodeType, 'onExecuted', (node, message) => {
       if (message?.dpir_tiles?.length) node.dpirTiles?.setExecuted(message.dpir_tiles[0])
     })
-    extendMethod(nodeType, 'onDrawForeground', (node) => node.dpirTiles?.poll())
+    extendMethod(nodeType, 'onDrawForeground', (node) => node.dpirTiles?.frame())
+    extendMethod(nodeType, 'onRemoved', (node) => node.dpirTiles?.dispose())
   }
 })
