@@ -55,8 +55,10 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
             "dynamic ModelPatcher keeps weights in the file's dtype in RAM and casts when staging (weight_dtype)"),
     TP("comfy.model_patcher:ModelPatcher", "call", "nodes/loaders.py (LQ branch)", CHECKED,
        ("model", "load_device", "offload_device")),
-    TP("comfy.model_patcher:ModelPatcher.clone", "attr", "nodes/lq_injection.py", ADAPTED,
-       note="newer clone copies model options without deepcopy (patch objects keep their __deepcopy__ = self)"),
+    TP("comfy.model_patcher:ModelPatcher.clone", "attr", "nodes/lq_injection.py", CHECKED,
+       note="changed, harmless: newer clone copies model options without deepcopy (the patch objects' "
+            "__deepcopy__ = self only matters on 0.3.64); nothing the pack puts in transformer_options has .to() or "
+            ".models(), which newer ComfyUI calls on patches when it moves or loads them"),
     TP("comfy.model_patcher:ModelPatcher.model_size", "attr", "tests/host/test_weight_dtype.py", CHECKED),
     TP("comfy.model_patcher:ModelPatcher.get_model_object", "attr", "nodes/lq_injection.py, nodes/sampler.py", CHECKED),
     TP("comfy.model_patcher:ModelPatcher.set_model_patch_replace", "call", "nodes/lq_injection.py", CHECKED,
