@@ -163,7 +163,8 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
        note="custom routes on PromptServer.instance.routes while the pack is imported (GET /dpir/model_files)"),
     TP("main", "source", "nodes/model_files.py (messages), cli.py", ADAPTED, ("extra_model_paths.yaml",),
        note="newer reads extra_paths.yaml first (extra_model_paths.yaml only without it): path_configs / "
-            "path_config_name below"),
+            "path_config_name below; cli.py still loads the host's extra_model_paths.yaml itself (issue 15 rewrites "
+            "it to start ComfyUI, which reads its own)"),
     TP("comfy/cli_args.py", "cli", "tests/host/comfy_harness.py, tests/host/conftest.py, bench, cli.py", ADAPTED,
        ("--cpu", "--listen", "--port", "--base-directory", "--database-url", "--disable-auto-launch",
         "--disable-all-custom-nodes", "--whitelist-custom-nodes", "--extra-model-paths-config"),
@@ -172,8 +173,8 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     TP("execution:PromptExecutor", "call", "cli.py", ISSUE15, ("server", "cache_type"), absent=("cache_args",),
        note="newer execute_async reads cache_args['ram'] / ['ram_inactive'] (main.py passes lru, ram, "
             "ram_inactive): PromptExecutor(server, cache_type=False) raises TypeError there"),
-    TP("execution:validate_prompt", "call", "cli.py", ISSUE15, ("prompt_id", "prompt", "partial_execution_list")),
-    TP("utils/extra_config.py", "source", "cli.py", ISSUE15, ("def load_extra_path_config",)),
+    TP("execution:validate_prompt", "call", "cli.py", CHECKED, ("prompt_id", "prompt", "partial_execution_list")),
+    TP("utils/extra_config.py", "source", "cli.py", CHECKED, ("def load_extra_path_config",)),
 )
 del TP
 
