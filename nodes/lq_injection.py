@@ -1,10 +1,11 @@
 """LQ condition injection: a MODEL patch on SD3's first joint block.
 
-The branch features are computed once per image here (in tiled sampling: once
-per tile, from the tile's own crop of the LQ latent, ``LQInjection.tile_features``);
-at sampling time they travel as a conditioning model-cond (so ComfyUI's batching, CFG and area
-crops apply to them), reach the model through an APPLY_MODEL wrapper, and are
-cross-normalised and added after joint block 0 by a double_block replace patch.
+The branch features are computed once per image here (in tiled sampling once
+per tile and run, from the tile's own crop of the LQ latent:
+``LQInjection.tile_features``); at sampling time they travel as a conditioning
+model-cond (so ComfyUI's batching, CFG and area crops apply to them), reach
+the model through an APPLY_MODEL wrapper, and are cross-normalised and added
+after joint block 0 by a double_block replace patch.
 """
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ class LQInjection:
 
 
 class DPIRApplyLQCondition:
-    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image), "
+    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image; "
+                   "in tiled sampling once per tile, from its own crop), "
                    "cross-normalised to the image tokens after the first joint block and added, as DPIR does. "
                    "Strength 0 gives plain SD3; start/end limit it to part of the schedule.")
     CATEGORY = "DPIR"
