@@ -578,8 +578,9 @@ def dit_step(nodes, models, real, device, per_tile_s):
     import comfy.sample
 
     print("writing the random SD3-medium transformer (about 4 GB) ...", file=sys.stderr)
-    tm.write_transformer_file(models / "dpir" / "sd3_medium.safetensors", real, dtype=torch.bfloat16)
-    model, branch = nodes["DPIRModelLoader"]().load("sd3_medium.safetensors", "default")
+    path = tm.write_transformer_file(models / "dpir" / "sd3_medium.safetensors", real, dtype=torch.bfloat16)
+    model, branch = nodes["DPIRModelLoader"]().load(path.name, "default")
+    path.unlink()  # 4 GB of /tmp: the weights are in memory now
     z = photo_latent(128, seed=3)
     g = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 333, real.joint_attention_dim, generator=g),
