@@ -4,6 +4,7 @@
     python bench/bench.py overhead [--size small|sd3-medium] [--images 256 512 1024] [--steps 4] [--reps 5] [--compile]
     python bench/bench.py memory   [--size small|sd3-medium] [--images 1024 2048 4096]
     python bench/bench.py tiles    [--size tiny|sd3-medium] [--reps 3]
+    python bench/bench.py lq-tiles [--size small] [--image 512] [--tile 256] [--real 2048 4096] [--dit-step]
 
 Random weights in the official file formats (tests/tiny_models.py), loaded
 through the pack's nodes inside the host ComfyUI (found as the tests find it).
@@ -22,6 +23,11 @@ memory: the same stages at 1024², 2048² and 4096² (tiled sampling, tile promp
 between stages (as ComfyUI does when VRAM is short), so each peak holds only that stage's models.
 tiles: seconds per tile-step from 2×2 to 8×8 tiles, and peak memory of one
 tiled sampling step for 2K, 4K and 8K outputs.
+lq-tiles: a tile's LQ features from control_conv of its own latent crop (the default, as trained) vs the crop
+of the whole image's features: how much features and sampled images differ on a multi-tile image, and the
+time, memory and cache size of the per-tile features at real width (SD3-medium control_conv on 2K/4K LQ
+latents) against the whole-image features and (--dit-step: writes and loads the 2B-parameter transformer)
+one real-size tile-step of the DiT.
 """
 from __future__ import annotations
 
@@ -458,6 +464,141 @@ def tiles(args):
               f"{buffers / 2**20:9.0f} |")
 
 
+def photo_latent(side: int, seed: int = 0) -> torch.Tensor:
+    """A synthetic LQ latent (1, 16, side, side) whose statistics change across the image as a photo's do: a
+    smooth field everywhere, fine detail below the top third (a flat sky over detailed ground)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = max(1, side // 16)
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 16, coarse, coarse, generator=g), size=(side, side),
+                                             mode="bicubic")
+    detail = torch.randn(1, 16, side, side, generator=g)
+    detail[:, :, :side // 3] *= 0.1
+    return smooth + detail
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def tile_plans(ts, lat: int, tile: int):
+    """The plans of 'DPIR Tiled Global-Local Prompt' with seam shift (overlap tile/8) for an lat² latent."""
+    quarter = tile // 4 // 2 * 2
+    return ts.TileSet(lat, lat, tile, tile // 8, [k * quarter for k in range(ts.SHIFT_CYCLE)], 1)
+
+
+def own_vs_crop(lq, tset, device):
+    """Per-tile features vs crops of the whole image's features over every distinct tile of the plans, each
+    standardised over its tokens and channels as ``inject`` does: (overall relative difference, worst tile)."""
+    diff = norm = 0.0
+    worst = 0.0
+    for t in dict.fromkeys(t for p in tset.plans for t in p):
+        own = lq.tile_features([t], device)[0].float()
+        crop = lq.features[:, :, t.top // 2:(t.bottom + 1) // 2, t.left // 2:(t.right + 1) // 2].float()
+        own, crop = ((x - x.mean()) / x.std() for x in (own, crop))
+        d, n = float((own - crop).norm() ** 2), float(crop.norm() ** 2)
+        diff, norm, worst = diff + d, norm + n, max(worst, (d / n) ** 0.5)
+    return (diff / norm) ** 0.5, worst
+
+
+def lq_tiles(args):
+    """Own-crop LQ features per tile (default) vs the whole image's features cropped: differences and cost."""
+    device, spec, nodes, models = setup(args)
+    import comfy.sample
+
+    ts = sys.modules[f"{PACK_NAME}.nodes.tiled_sampling"]
+    lqi = sys.modules[f"{PACK_NAME}.nodes.lq_injection"]
+    loaders = sys.modules[f"{PACK_NAME}.nodes.loaders"]
+    LQCondition = sys.modules[f"{PACK_NAME}.models.lq_condition"].LQCondition
+
+    # 1. a multi-tile image through the '--size' model: features and sampled images of both variants
+    model, branch, vae, _, _ = load_pack_models(nodes, models, device)
+    lat, tile = args.image // 8, args.tile // 8
+    z = photo_latent(lat)
+    tset = tile_plans(ts, lat, tile)
+    g = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 333, spec.joint_attention_dim, generator=g),
+                 {"pooled_output": torch.randn(1, spec.pooled_projection_dim, generator=g)}]]
+    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+    noise = comfy.sample.prepare_noise(z, 0)
+    out, secs = {}, {}
+    for variant in ts.LQ_FEATURES:
+        m, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, args.steps, 1.0, 3.0)
+        ts.attach(m, tset, args.tile_batch, variant)
+        with Memory(device) as mem:
+            out[variant] = guider.sample(noise, torch.zeros_like(z), sampler, sigmas, seed=0)
+        secs[variant] = mem.seconds
+    lq = lqi.injection_of(patched.model_options)
+    feat, worst = own_vs_crop(lq, tset, device)
+    lq._tiles.clear()
+    images = {k: vae.decode(v) for k, v in out.items()}
+    print(f"\n## lq-tiles: {device.type}, random weights, '{args.size}' model, {args.image}² image, "
+          f"{args.tile} px tiles (overlap {args.tile // 8} px, seam shift: {len({t for p in tset.plans for t in p})} "
+          f"distinct tiles, {tset.count} per plan), {args.steps} steps\n")
+    print("| own-crop features (default) vs whole-image features cropped | relative difference |\n|---|---|")
+    print(f"| features as injected (each tile standardised), all tiles | {feat:.3f} (worst tile {worst:.3f}) |")
+    print(f"| sampled latent | {rel(out['tile'], out['image']):.3f} |")
+    print(f"| decoded image | {rel(images['tile'], images['image']):.3f} |")
+    print(f"| sampling time, own-crop / whole-image variant | {secs['tile'] / secs['image']:.3f}× |")
+
+    # 2. real width: SD3-medium control_conv on 2K/4K LQ latents, 1024 px tiles as dpir_restore_large
+    real = spec_for("sd3-medium")
+    rb = loaders.LQBranch(LQCondition(16, (real.control_c1, real.control_c2), real.hidden).eval().to(device), "random")
+    print(f"\n## lq-tiles at real width: {device.type}, SD3-medium control_conv (random weights, fp32), 1024 px "
+          "tiles, 128 px overlap, seam shift (4 plans), tile batch 4\n")
+    print("| LQ image | tiles per plan / distinct | whole image: s, peak MiB (delta) | per-tile features: s, peak MiB "
+          "(delta) | per-tile / whole | cache MiB fp32 (bf16) | features rel. diff (worst tile) |\n"
+          "|---|---|---|---|---|---|---|")
+    per_tile_s = {}
+    for px in args.real:
+        lat = px // 8
+        z = photo_latent(lat, seed=2)
+        with Memory(device) as whole:
+            grid = lqi.branch_features(rb, z, device, torch.float32)
+        lq = lqi.LQInjection(grid, 1.0, 1.0, 0.0, rb, z, torch.float32)
+        tset = tile_plans(ts, lat, 128)
+        distinct = list(dict.fromkeys(t for p in tset.plans for t in p))
+        with Memory(device) as own:
+            for plan in tset.plans:
+                for i in range(0, len(plan), 4):  # as sampling asks for them: one tile batch at a time
+                    lq.tile_features(plan[i:i + 4], device)
+        cache = sum(v.numel() * v.element_size() for v in lq._tiles.values()) / 2**20
+        feat, worst = own_vs_crop(lq, tset, device)  # from the cache: nothing recomputed
+        per_tile_s[px] = (own.seconds, tset.count)
+        print(f"| {px}² | {tset.count} / {len(distinct)} | {whole.seconds:.2f}, {whole.peak_bytes / 2**20:.0f} "
+              f"({whole.delta_bytes / 2**20:+.0f}) | {own.seconds:.2f}, {own.peak_bytes / 2**20:.0f} "
+              f"({own.delta_bytes / 2**20:+.0f}) | {own.seconds / whole.seconds:.2f}× | {cache:.0f} ({cache / 2:.0f}) | "
+              f"{feat:.3f} ({worst:.3f}) |")
+        del grid, lq
+    if args.dit_step:
+        dit_step(nodes, models, real, device, per_tile_s)
+
+
+def dit_step(nodes, models, real, device, per_tile_s):
+    """One real-size tile-step (1024² px, SD3-medium, LQ condition on) against the per-tile features."""
+    import comfy.sample
+
+    print("writing the random SD3-medium transformer (about 4 GB) ...", file=sys.stderr)
+    path = tm.write_transformer_file(models / "dpir" / "sd3_medium.safetensors", real, dtype=torch.bfloat16)
+    model, branch = nodes["DPIRModelLoader"]().load(path.name, "default")
+    path.unlink()  # 4 GB of /tmp: the weights are in memory now
+    z = photo_latent(128, seed=3)
+    g = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 333, real.joint_attention_dim, generator=g),
+                 {"pooled_output": torch.randn(1, real.pooled_projection_dim, generator=g)}]]
+    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+    _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, 1, 1.0, 3.0)
+    noise = comfy.sample.prepare_noise(z, 0)
+    with Memory(device) as step:  # no warm-up: a CPU step takes minutes, loading the model is negligible beside it
+        guider.sample(noise, torch.zeros_like(z), sampler, sigmas, seed=0)
+    print(f"\none real-size tile-step (SD3-medium, 1024² px tile, batch 1, weights {model.model.get_dtype()}): "
+          f"{step.seconds:.1f} s, peak {step.peak_bytes / 2**20:.0f} MiB ({step.delta_bytes / 2**20:+.0f})\n")
+    print("| LQ image | tiles per plan | per-tile features (all plans) / one sampling step (tiles × tile-step) | "
+          "/ a 28-step run |\n|---|---|---|---|")
+    for px, (secs, count) in per_tile_s.items():
+        print(f"| {px}² | {count} | {secs / (count * step.seconds):.4f} | {secs / (28 * count * step.seconds):.5f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -489,10 +630,20 @@ def main():
     t.add_argument("--outputs", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px")
     t.add_argument("--reps", type=int, default=3)
     t.add_argument("--cpu", action="store_true")
+    q = sub.add_parser("lq-tiles")
+    q.add_argument("--size", default="small", choices=["tiny", "small"])
+    q.add_argument("--image", type=int, default=512, help="square image size in px for the two variants' images")
+    q.add_argument("--tile", type=int, default=256, help="tile size in px for that image")
+    q.add_argument("--steps", type=int, default=8)
+    q.add_argument("--tile-batch", type=int, default=4)
+    q.add_argument("--real", type=int, nargs="*", default=[2048, 4096], help="LQ image sizes in px at real width")
+    q.add_argument("--dit-step", action="store_true", help="also one real-size tile-step (4 GB file, 9+ GB RAM)")
+    q.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
-        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles}[args.cmd](args)
+        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles,
+         "lq-tiles": lq_tiles}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """LQ condition injection: a MODEL patch on SD3's first joint block.
 
-The branch features are computed once per image here; at sampling time they
-travel as a conditioning model-cond (so ComfyUI's batching, CFG and area
-crops apply to them), reach the model through an APPLY_MODEL wrapper, and are
-cross-normalised and added after joint block 0 by a double_block replace patch.
+The branch features are computed once per image here (in tiled sampling once
+per tile and run, from the tile's own crop of the LQ latent:
+``LQInjection.tile_features``); at sampling time they travel as a conditioning
+model-cond (so ComfyUI's batching, CFG and area crops apply to them), reach
+the model through an APPLY_MODEL wrapper, and are cross-normalised and added
+after joint block 0 by a double_block replace patch.
 """
 from __future__ import annotations
 
@@ -34,12 +36,47 @@ class CONDTokenGrid(comfy.conds.CONDRegular):
         return self._copy_with(comfy.utils.repeat_to_batch_size(data, batch_size))
 
 
+def branch_features(branch, z: torch.Tensor, device, compute) -> torch.Tensor:
+    """``control_conv`` of the scaled LQ latent ``z`` on ``device`` in the branch's dtype, stored in the DiT's
+    compute dtype ``compute``: no cast at every step, half the memory in bf16/fp16."""
+    with torch.no_grad():
+        grid = branch.module.control_conv(z.to(device=device, dtype=next(branch.module.parameters()).dtype))
+    return grid.to(compute) if compute in (torch.float16, torch.bfloat16, torch.float32) else grid
+
+
+def injection_of(model_options: dict):
+    """The ``LQInjection`` patched into a MODEL's options, or None."""
+    patches = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    patch = patches.get(("double_block", 0))
+    return patch if isinstance(patch, LQInjection) else None
+
+
 class LQInjection:
     """Everything the patch needs; shared by clones (no weights, no deep copies)."""
 
-    def __init__(self, features: torch.Tensor, strength: float, sigma_start: float, sigma_end: float):
+    def __init__(self, features: torch.Tensor, strength: float, sigma_start: float, sigma_end: float,
+                 branch=None, latent: torch.Tensor | None = None, compute=None):
         self.features, self.strength = features, strength
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        # for tiled sampling: the LQ branch, the scaled LQ latent and the DiT's compute dtype
+        self.branch, self.latent, self.compute = branch, latent, compute
+        self._tiles = {}  # {(tile, device): features} of the sampling run in progress
+
+    def tile_features(self, tiles, device) -> list[torch.Tensor]:
+        """Each tile's features (B, C, rows, cols) on ``device``: ``control_conv`` of the tile's own crop of the LQ
+        latent, so its GroupNorms see that crop only, as in training (1024 px crops) and in the authors'
+        sliding-window pipeline. Computed once per tile in a sampling run (shifted plans share their edge tiles),
+        same-size crops in one batch; released when the run ends."""
+        missing = [t for t in dict.fromkeys(tiles) if (t, device) not in self._tiles]
+        b = self.latent.shape[0]
+        for shape in dict.fromkeys((t.height, t.width) for t in missing):
+            same = [t for t in missing if (t.height, t.width) == shape]
+            z = torch.cat([self.latent[:, :, t.top:t.bottom, t.left:t.right] for t in same])
+            # on the device ComfyUI loaded the branch to (with the DiT: see tiled_sampling.attach)
+            grid = branch_features(self.branch, z, next(self.branch.module.parameters()).device, self.compute)
+            for j, t in enumerate(same):
+                self._tiles[(t, device)] = grid[j * b:(j + 1) * b].to(device)
+        return [self._tiles[(t, device)] for t in tiles]
 
     def __deepcopy__(self, memo):
         return self
@@ -79,7 +116,10 @@ class LQInjection:
                             "being sampled: wire the same image (batch) into 'DPIR Visual Prompt' and 'DPIR Robust "
                             "VAE Encode'")
                 c["model_conds"] = {**c.get("model_conds", {}), KEY: CONDTokenGrid(self.features)}
-        return executor(*args, **kwargs)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._tiles.clear()  # tile features live for one run: they would otherwise hold device memory
 
     def route(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         """APPLY_MODEL wrapper: move the batched features into transformer_options (SD3 drops extra kwargs);
@@ -127,7 +167,8 @@ class LQInjection:
 
 
 class DPIRApplyLQCondition:
-    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image), "
+    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image; "
+                   "in tiled sampling once per tile, from its own crop), "
                    "cross-normalised to the image tokens after the first joint block and added, as DPIR does. "
                    "Strength 0 gives plain SD3; start/end limit it to part of the schedule.")
     CATEGORY = "DPIR"
@@ -153,25 +194,18 @@ class DPIRApplyLQCondition:
         if lq_branch.hidden != hidden:
             raise DPIRModelError(f"the LQ branch is {lq_branch.hidden} wide but the model {hidden}: they come from "
                                  "different checkpoints; wire 'model' and 'lq_branch' of the same 'DPIR Model Loader'")
-        existing = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-        if isinstance(existing.get(("double_block", 0)), LQInjection):
+        if injection_of(model.model_options) is not None:
             raise DPIRInputError("this MODEL already has a DPIR LQ condition: use one 'DPIR Apply LQ Condition' per model")
         samples = check_lq_latent(lq_latent, lq_branch.module.latent_channels)
         if start_percent > end_percent:
             raise DPIRInputError(f"start_percent {start_percent} is after end_percent {end_percent}")
         comfy.model_management.load_models_gpu([lq_branch.patcher])
         z = base.latent_format.process_in(samples.float())
-        device = lq_branch.patcher.load_device
-        dtype = next(lq_branch.module.parameters()).dtype
-        with torch.no_grad():
-            grid = lq_branch.module.control_conv(z.to(device=device, dtype=dtype))
-        # stored once in the dtype the DiT computes in: no cast at every step, half the memory in bf16/fp16
         compute = base.manual_cast_dtype or base.get_dtype()
-        if compute in (torch.float16, torch.bfloat16, torch.float32):
-            grid = grid.to(compute)
+        grid = branch_features(lq_branch, z, lq_branch.patcher.load_device, compute)
         sampling = model.get_model_object("model_sampling")
         patch = LQInjection(grid, strength, float(sampling.percent_to_sigma(start_percent)),
-                            float(sampling.percent_to_sigma(end_percent)))
+                            float(sampling.percent_to_sigma(end_percent)), lq_branch, z, compute)
         m = model.clone()
         m.set_model_patch_replace(patch, "dit", "double_block", 0)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, patch.attach_conds)

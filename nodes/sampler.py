@@ -11,7 +11,7 @@ from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
 from ..models.errors import DPIRInputError
 from .checks import check_conditioning, require_sd3
-from .tiled_sampling import TiledCondBatch
+from .tiled_sampling import attach
 
 
 def zero_out(conditioning):
@@ -68,7 +68,7 @@ class DPIRSamplerPatch:
             check_conditioning(base, negative, "negative")
         m = ModelSamplingSD3().patch(model, shift)[0]
         if tiles is not None:
-            m.model_options["sampler_calc_cond_batch_function"] = TiledCondBatch(tiles, tile_batch)
+            attach(m, tiles, tile_batch)
         guider = DPIRGuider(m)
         guider.set_prompts(positive, negative)
         guider.set_cfg(cfg)

@@ -1,12 +1,13 @@
 """Tiled global-local sampling for large images.
 
 DPIR was trained on a local 1024 px patch with the whole image as global
-context. Here each latent tile is denoised with its own LQ features (cropped
-from the once-per-image grid), its own local visual prompt and the global
-tokens of the whole image, and the tiles are blended with normalised
-Gaussian weights. It plugs into ComfyUI as ``sampler_calc_cond_batch_function``
-of the MODEL, so CFG, every sampler/scheduler, the core KSampler and
-SamplerCustomAdvanced all sample tiled.
+context. Here each latent tile is denoised with its own LQ features
+(``control_conv`` of the tile's own crop of the LQ latent, once per tile and
+sampling run), its own local visual prompt and the global tokens of the whole
+image, and the tiles are blended with normalised Gaussian weights. It plugs
+into ComfyUI as ``sampler_calc_cond_batch_function`` of the MODEL, so CFG,
+every sampler/scheduler, the core KSampler and SamplerCustomAdvanced all
+sample tiled.
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from ..models import dual_prompt as dp
 from ..models.errors import DPIRInputError
 from ..models.tiling import Tile, blend_weights, plan_tiles, shifted_plan
 from .images import to_bchw, to_bhwc
-from .lq_injection import CONDTokenGrid
+from .lq_injection import KEY, CONDTokenGrid, injection_of
 from .visual_prompt import ComfyVisionEncoder
 from .web_ui import tiles_ui
 
 LATENT_SCALE = 8  # image px per latent px
 PROMPT_MODES = ("per-tile local prompt", "same prompt for all tiles (released)")
+# a tile's LQ features: control_conv of its own latent crop (training, the authors' sliding-window pipeline), or
+# the crop of the whole image's features (before issue 16; kept for comparison: bench.py lq-tiles)
+LQ_FEATURES = ("tile", "image")
 SHIFT_CYCLE = 4  # seam shifts cycle through 0, 1/4, 2/4, 3/4 of a tile
 # Gaussian tile weights: the release's variance 0.01 switches between tiles within ~6 px of a 16 px overlap
 # (largest per-pixel step 17% of the tiles' disagreement at tile 128); 0.02 spreads it over the overlap (8.5%)
@@ -106,8 +110,10 @@ def _crop(cond, tile: Tile, batch: int):
 class TiledCondBatch:
     """``sampler_calc_cond_batch_function``: evaluate cond/uncond tile by tile and blend."""
 
-    def __init__(self, tiles: TileSet, tile_batch: int):
-        self.tiles, self.tile_batch = tiles, max(1, tile_batch)
+    def __init__(self, tiles: TileSet, tile_batch: int, lq_features: str = "tile"):
+        if lq_features not in LQ_FEATURES:
+            raise DPIRInputError(f"lq_features must be one of {LQ_FEATURES}, got {lq_features!r}")
+        self.tiles, self.tile_batch, self.lq_features = tiles, max(1, tile_batch), lq_features
 
     def __deepcopy__(self, memo):
         return self
@@ -118,7 +124,7 @@ class TiledCondBatch:
             return 0
         return int(torch.argmin((sigmas.to(sigma.device) - sigma[0]).abs()))
 
-    def _tile_conds(self, conds, group, batch, index, positive, device):
+    def _tile_conds(self, conds, group, batch, index, positive, device, lq):
         out = []
         for c in conds:
             if "area" in c or "mask" in c:
@@ -126,6 +132,10 @@ class TiledCondBatch:
                                      "remove the tiles input or the area/mask node")
             n, mc = c.copy(), dict(c["model_conds"])
             for key, value in c["model_conds"].items():
+                if isinstance(value, CONDTokenGrid) and lq is not None:
+                    own = lq.tile_features([tile for _, tile in group], device)
+                    mc[key] = CONDTokenGrid(torch.cat([_to_batch(f, batch) for f in own]))
+                    continue
                 crops = [_crop(value, tile, batch) for _, tile in group]
                 if crops[0] is not None:
                     mc[key] = type(value)(torch.cat(crops))
@@ -150,6 +160,7 @@ class TiledCondBatch:
         if len(plan) == 1:  # the whole latent is one tile: exactly the untiled evaluation
             return comfy.samplers.calc_cond_batch(model, conds, x, sigma, model_options)
         weights = self.tiles.weights(index, x.device, x.dtype)
+        lq = injection_of(model_options) if self.lq_features == "tile" else None
         outs = [torch.zeros_like(x) for _ in conds]  # a skipped (None) uncond stays zero, as in ComfyUI
         indexed = list(enumerate(plan))
         for start in range(0, len(indexed), self.tile_batch):
@@ -159,7 +170,7 @@ class TiledCondBatch:
                 group = [(i, t) for i, t in chunk if (t.height, t.width) == shape]
                 tiles = [t for _, t in group]
                 x_t = torch.cat([x[:, :, t.top:t.bottom, t.left:t.right] for t in tiles])
-                tile_conds = [None if c is None else self._tile_conds(c, group, b, index, k == 0, x.device)
+                tile_conds = [None if c is None else self._tile_conds(c, group, b, index, k == 0, x.device, lq)
                               for k, c in enumerate(conds)]
                 res = comfy.samplers.calc_cond_batch(model, tile_conds, x_t, sigma.repeat(len(tiles)), model_options)
                 for k, r in enumerate(res):
@@ -168,6 +179,15 @@ class TiledCondBatch:
                     for j, (i, t) in enumerate(group):
                         outs[k][:, :, t.top:t.bottom, t.left:t.right] += r[j * b:(j + 1) * b] * weights[i]
         return outs
+
+
+def attach(model, tiles: TileSet, tile_batch: int, lq_features: str = "tile"):
+    """Make the MODEL (a patcher the caller owns) sample tiled; its LQ branch is loaded with the DiT, on the
+    sampling device, for the tiles' own features."""
+    model.model_options["sampler_calc_cond_batch_function"] = TiledCondBatch(tiles, tile_batch, lq_features)
+    lq = injection_of(model.model_options)
+    if lq is not None and lq.branch is not None and lq_features == "tile" and hasattr(model, "set_additional_models"):
+        model.set_additional_models(KEY, [lq.branch.patcher])
 
 
 def draw_plan(image: torch.Tensor, tiles: TileSet) -> torch.Tensor:

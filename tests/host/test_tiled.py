@@ -96,6 +96,71 @@ def test_tiled_sampling_runs_with_batches_cfg_and_shift(setup):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_each_tile_is_conditioned_on_control_conv_of_its_own_crop_once_per_run(setup):
+    """As in training (1024 px crops) and the authors' sliding-window pipeline: a tile's LQ features are
+    control_conv of the tile's own crop of the LQ latent, so its GroupNorms see that crop only. Over a run that
+    cycles twice through the four seam-shifted plans each distinct tile is computed once."""
+    import reference
+
+    nodes, model, branch, clip1, clip2 = setup
+    ts = mod("tiled_sampling")
+    tiles, _ = plan(nodes, clip1, clip2, smooth_image(512, 512), 256, 64, mode=1, shift=True)
+    assert len(tiles.plans) == 4 and tiles.count > 1
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 16, 64, 64, generator=g)
+    z[:, :, :, 40:] = z[:, :, :, 40:] * 4 + 2  # content whose statistics change across the image (sky vs detail)
+    seen = []
+
+    def wrapper(apply, a):
+        seen.append(a["c"][ts.KEY])
+        return apply(a["input"], a["timestep"], **a["c"])
+
+    m = model.clone()
+    m.set_model_unet_function_wrapper(wrapper)
+    patched = nodes["DPIRApplyLQCondition"]().apply(m, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+    positive = [[torch.randn(1, 333, SPEC.joint_attention_dim, generator=g),
+                 {"pooled_output": torch.randn(1, SPEC.pooled_projection_dim, generator=g)}]]
+    steps = 2 * len(tiles.plans)
+    _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, 1.0, 3.0, tiles=tiles,
+                                                                    tile_batch=1)
+    crops = []  # the number of latent crops control_conv runs on, call by call
+    hook = branch.module.control_conv.register_forward_hook(lambda module, args, out: crops.append(args[0].shape[0]))
+    try:
+        for run in range(2):
+            crops.clear()
+            guider.sample(torch.randn(z.shape, generator=g), torch.zeros_like(z), sampler, sigmas, seed=run)
+            # each distinct tile of the four plans once per run (shifted plans share their edge tiles); the
+            # features are released at the end of a run, so the second run computes them again
+            assert sum(crops) == len({t for p in tiles.plans for t in p})
+        # the whole-image-then-crop variant (before issue 16, kept for bench.py lq-tiles) runs no control_conv
+        crops.clear()
+        whole, guider_whole, _, one_step = nodes["DPIRSamplerPatch"]().patch(patched, positive, 1, 1.0, 3.0)
+        ts.attach(whole, tiles, 1, lq_features="image")  # the guider samples this MODEL's options
+        guider_whole.sample(torch.randn(z.shape, generator=g), torch.zeros_like(z), sampler, one_step, seed=0)
+        assert crops == []
+    finally:
+        hook.remove()
+
+    control_conv = reference.control_conv_from_weights(branch.module.state_dict()).requires_grad_(False)
+    z_lq = (z - SPEC.vae_shift_factor) * SPEC.vae_scaling_factor
+    full = control_conv(z_lq)
+    calls = iter(seen)
+    own_vs_whole = []
+    for run in range(2):
+        for step in range(steps):
+            for t in tiles.plans[tiles.plan_index(step)]:
+                got = next(calls)
+                want = control_conv(z_lq[:, :, t.top:t.bottom, t.left:t.right])
+                assert got.dtype == torch.float32
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+                crop = full[:, :, t.top // 2:t.bottom // 2, t.left // 2:t.right // 2]
+                own_vs_whole.append(float((want - crop).norm() / crop.norm()))
+    for t in tiles.plans[0]:  # the whole-image variant's one step
+        torch.testing.assert_close(next(calls), full[:, :, t.top // 2:t.bottom // 2, t.left // 2:t.right // 2])
+    assert next(calls, None) is None
+    assert max(own_vs_whole) > 0.05  # the two variants really differ on this image
+
+
 def test_blending_has_no_seams(setup):
     """An identity-like model whose output disagrees from tile to tile (it adds the tile's own mean):
     hard stitching would jump at every border; the Gaussian blend must change smoothly."""
