@@ -91,6 +91,7 @@ def dual_prompt(image: torch.Tensor, clip1, clip2, t5_embedding: torch.Tensor, c
     return torch.cat([visual, t5_embedding], dim=1), pooled
 
 
+@torch.no_grad()  # the released pipeline encodes prompts under no_grad (SDPA picks another kernel with grad)
 def t5_embedding(tokenizer, t5, prompt: str) -> torch.Tensor:
     ids = tokenizer(prompt, padding="max_length", max_length=256, truncation=True, return_tensors="pt").input_ids
     return t5(ids)[0]
