@@ -26,8 +26,9 @@ tiled sampling step for 2K, 4K and 8K outputs.
 lq-tiles: a tile's LQ features from control_conv of its own latent crop (the default, as trained) vs the crop
 of the whole image's features: how much features and sampled images differ on a multi-tile image, and the
 time, memory and cache size of the per-tile features at real width (SD3-medium control_conv on 2K/4K LQ
-latents) against the whole-image features and (--dit-step: writes and loads the 2B-parameter transformer)
-one real-size tile-step of the DiT.
+latents) against the whole-image features, the bytes one sampling step takes from that cache (on a GPU the
+cache waits in RAM: what moves to the GPU per step) and (--dit-step: writes and loads the 2B-parameter
+transformer) one real-size tile-step of the DiT.
 """
 from __future__ import annotations
 
@@ -547,8 +548,8 @@ def lq_tiles(args):
     print(f"\n## lq-tiles at real width: {device.type}, SD3-medium control_conv (random weights, fp32), 1024 px "
           "tiles, 128 px overlap, seam shift (4 plans), tile batch 4\n")
     print("| LQ image | tiles per plan / distinct | whole image: s, peak MiB (delta) | per-tile features: s, peak MiB "
-          "(delta) | per-tile / whole | cache MiB fp32 (bf16) | features rel. diff (worst tile) |\n"
-          "|---|---|---|---|---|---|---|")
+          "(delta) | per-tile / whole | cache MiB fp32 (bf16) | per step MiB fp32 (bf16) | features rel. diff (worst "
+          "tile) |\n|---|---|---|---|---|---|---|---|")
     per_tile_s = {}
     for px in args.real:
         lat = px // 8
@@ -558,17 +559,20 @@ def lq_tiles(args):
         lq = lqi.LQInjection(grid, 1.0, 1.0, 0.0, rb, z, torch.float32)
         tset = tile_plans(ts, lat, 128)
         distinct = list(dict.fromkeys(t for p in tset.plans for t in p))
+        step = []  # bytes handed to the model per step (one plan), tile batch by tile batch
         with Memory(device) as own:
             for plan in tset.plans:
+                step.append(0)
                 for i in range(0, len(plan), 4):  # as sampling asks for them: one tile batch at a time
-                    lq.tile_features(plan[i:i + 4], device)
+                    step[-1] += sum(f.numel() * f.element_size() for f in lq.tile_features(plan[i:i + 4], device))
         cache = sum(v.numel() * v.element_size() for v in lq._tiles.values()) / 2**20
+        moved = max(step) / 2**20
         feat, worst = own_vs_crop(lq, tset, device)  # from the cache: nothing recomputed
         per_tile_s[px] = (own.seconds, tset.count)
         print(f"| {px}² | {tset.count} / {len(distinct)} | {whole.seconds:.2f}, {whole.peak_bytes / 2**20:.0f} "
               f"({whole.delta_bytes / 2**20:+.0f}) | {own.seconds:.2f}, {own.peak_bytes / 2**20:.0f} "
               f"({own.delta_bytes / 2**20:+.0f}) | {own.seconds / whole.seconds:.2f}× | {cache:.0f} ({cache / 2:.0f}) | "
-              f"{feat:.3f} ({worst:.3f}) |")
+              f"{moved:.0f} ({moved / 2:.0f}) | {feat:.3f} ({worst:.3f}) |")
         del grid, lq
     if args.dit_step:
         dit_step(nodes, models, real, device, per_tile_s)

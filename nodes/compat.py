@@ -139,6 +139,8 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     TP("comfy.model_management:get_torch_device", "attr", "nodes/loaders.py", CHECKED),
     TP("comfy.model_management:unet_offload_device", "attr", "nodes/loaders.py", CHECKED),
     TP("comfy.model_management:load_models_gpu", "call", "nodes/lq_injection.py", CHECKED, ("models",)),
+    TP("comfy.model_management:intermediate_device", "attr", "nodes/lq_injection.py (tile feature cache)", CHECKED,
+       note="CPU unless --gpu-only, in both"),
     TP("comfy.model_management:throw_exception_if_processing_interrupted", "attr",
        "nodes/tiled_sampling.py, nodes/visual_prompt.py", CHECKED),
     TP("comfy.model_management:interrupt_current_processing", "attr", "tests/host/test_tiled.py", CHECKED),

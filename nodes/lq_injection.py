@@ -1,8 +1,8 @@
 """LQ condition injection: a MODEL patch on SD3's first joint block.
 
 The branch features are computed once per image here (in tiled sampling once
-per tile and run, from the tile's own crop of the LQ latent:
-``LQInjection.tile_features``); at sampling time they travel as a conditioning
+per tile and run, from the tile's own crop of the LQ latent, kept in RAM while
+sampling on a GPU: ``LQInjection.tile_features``); at sampling time they travel as a conditioning
 model-cond (so ComfyUI's batching, CFG and area crops apply to them), reach
 the model through an APPLY_MODEL wrapper, and are cross-normalised and added
 after joint block 0 by a double_block replace patch.
@@ -44,6 +44,25 @@ def branch_features(branch, z: torch.Tensor, device, compute) -> torch.Tensor:
     return grid.to(compute) if compute in (torch.float16, torch.bfloat16, torch.float32) else grid
 
 
+def cache_device(device) -> torch.device | None:
+    """Where the tiles' LQ features wait for their tile batch while sampling on ``device``: ComfyUI's intermediate
+    device (CPU RAM unless --gpu-only), as its memory planning does not count them (at 8K with seam shift 369 tiles,
+    4.4 GB in bf16); None when that is ``device`` itself (sampling on the CPU): they stay where they are computed."""
+    store = torch.device(comfy.model_management.intermediate_device())
+    return None if store == torch.device(device) else store
+
+
+def offload(features: torch.Tensor, store: torch.device, device) -> torch.Tensor:
+    """A copy of ``features`` in ``store``; pinned when it is RAM and ``device`` is CUDA, so the copy back to the GPU
+    runs asynchronously (plain RAM where pinning fails: pinned memory is limited on some systems, e.g. WSL)."""
+    pin = store.type == "cpu" and torch.device(device).type == "cuda"
+    try:
+        out = torch.empty(features.shape, dtype=features.dtype, device=store, pin_memory=pin)
+    except RuntimeError:
+        out = torch.empty(features.shape, dtype=features.dtype, device=store)
+    return out.copy_(features)
+
+
 def injection_of(model_options: dict):
     """The ``LQInjection`` patched into a MODEL's options, or None."""
     patches = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
@@ -60,14 +79,17 @@ class LQInjection:
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
         # for tiled sampling: the LQ branch, the scaled LQ latent and the DiT's compute dtype
         self.branch, self.latent, self.compute = branch, latent, compute
-        self._tiles = {}  # {(tile, device): features} of the sampling run in progress
+        self._tiles = {}  # {tile: features} of the sampling run in progress
+        self.store = None  # where they wait between tile batches; None: ComfyUI's choice (cache_device)
 
     def tile_features(self, tiles, device) -> list[torch.Tensor]:
         """Each tile's features (B, C, rows, cols) on ``device``: ``control_conv`` of the tile's own crop of the LQ
         latent, so its GroupNorms see that crop only, as in training (1024 px crops) and in the authors'
         sliding-window pipeline. Computed once per tile in a sampling run (shifted plans share their edge tiles),
-        same-size crops in one batch; released when the run ends."""
-        missing = [t for t in dict.fromkeys(tiles) if (t, device) not in self._tiles]
+        same-size crops in one batch, on the sampling device; kept until the run ends in ``store`` (RAM when
+        sampling on a GPU: ``cache_device``) and moved to ``device`` for the tile batch being evaluated."""
+        store = self.store if self.store is not None else cache_device(device)
+        missing = [t for t in dict.fromkeys(tiles) if t not in self._tiles]
         b = self.latent.shape[0]
         for shape in dict.fromkeys((t.height, t.width) for t in missing):
             same = [t for t in missing if (t.height, t.width) == shape]
@@ -75,8 +97,9 @@ class LQInjection:
             # on the device ComfyUI loaded the branch to (with the DiT: see tiled_sampling.attach)
             grid = branch_features(self.branch, z, next(self.branch.module.parameters()).device, self.compute)
             for j, t in enumerate(same):
-                self._tiles[(t, device)] = grid[j * b:(j + 1) * b].to(device)
-        return [self._tiles[(t, device)] for t in tiles]
+                f = grid[j * b:(j + 1) * b]
+                self._tiles[t] = f.to(device) if store is None else offload(f, store, device)
+        return [self._tiles[t].to(device, non_blocking=self._tiles[t].is_pinned()) for t in tiles]
 
     def __deepcopy__(self, memo):
         return self
@@ -119,7 +142,7 @@ class LQInjection:
         try:
             return executor(*args, **kwargs)
         finally:
-            self._tiles.clear()  # tile features live for one run: they would otherwise hold device memory
+            self._tiles.clear()  # tile features live for one run: they would otherwise hold memory
 
     def route(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         """APPLY_MODEL wrapper: move the batched features into transformer_options (SD3 drops extra kwargs);

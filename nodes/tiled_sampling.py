@@ -3,7 +3,7 @@
 DPIR was trained on a local 1024 px patch with the whole image as global
 context. Here each latent tile is denoised with its own LQ features
 (``control_conv`` of the tile's own crop of the LQ latent, once per tile and
-sampling run), its own local visual prompt and the global tokens of the whole
+sampling run, kept in RAM when sampling on a GPU), its own local visual prompt and the global tokens of the whole
 image, and the tiles are blended with normalised Gaussian weights. It plugs
 into ComfyUI as ``sampler_calc_cond_batch_function`` of the MODEL, so CFG,
 every sampler/scheduler, the core KSampler and SamplerCustomAdvanced all
@@ -124,7 +124,7 @@ class TiledCondBatch:
             return 0
         return int(torch.argmin((sigmas.to(sigma.device) - sigma[0]).abs()))
 
-    def _tile_conds(self, conds, group, batch, index, positive, device, lq):
+    def _tile_conds(self, conds, group, batch, index, positive, device, own):
         out = []
         for c in conds:
             if "area" in c or "mask" in c:
@@ -132,9 +132,8 @@ class TiledCondBatch:
                                      "remove the tiles input or the area/mask node")
             n, mc = c.copy(), dict(c["model_conds"])
             for key, value in c["model_conds"].items():
-                if isinstance(value, CONDTokenGrid) and lq is not None:
-                    own = lq.tile_features([tile for _, tile in group], device)
-                    mc[key] = CONDTokenGrid(torch.cat([_to_batch(f, batch) for f in own]))
+                if isinstance(value, CONDTokenGrid) and own is not None:
+                    mc[key] = CONDTokenGrid(own)
                     continue
                 crops = [_crop(value, tile, batch) for _, tile in group]
                 if crops[0] is not None:
@@ -170,7 +169,9 @@ class TiledCondBatch:
                 group = [(i, t) for i, t in chunk if (t.height, t.width) == shape]
                 tiles = [t for _, t in group]
                 x_t = torch.cat([x[:, :, t.top:t.bottom, t.left:t.right] for t in tiles])
-                tile_conds = [None if c is None else self._tile_conds(c, group, b, index, k == 0, x.device, lq)
+                # the group's own LQ features, moved to the device once for cond and uncond
+                own = None if lq is None else torch.cat([_to_batch(f, b) for f in lq.tile_features(tiles, x.device)])
+                tile_conds = [None if c is None else self._tile_conds(c, group, b, index, k == 0, x.device, own)
                               for k, c in enumerate(conds)]
                 res = comfy.samplers.calc_cond_batch(model, tile_conds, x_t, sigma.repeat(len(tiles)), model_options)
                 for k, r in enumerate(res):

@@ -161,6 +161,79 @@ def test_each_tile_is_conditioned_on_control_conv_of_its_own_crop_once_per_run(s
     assert max(own_vs_whole) > 0.05  # the two variants really differ on this image
 
 
+def test_tile_feature_cache_waits_where_it_is_told_and_gives_the_same_result(setup):
+    """On a GPU the tiles' features wait in RAM (ComfyUI's intermediate device) between their tile batches: its
+    memory planning does not count them (369 tiles, 4.4 GB bf16 at 8K). Here, on the CPU, the default keeps them
+    where they are computed; storing them in an explicit store (the offload branch: a copy each, moved to the
+    sampling device for its tile batch) holds exactly the distinct tiles' bytes there and samples bit-identically."""
+    import comfy.model_management
+
+    nodes, model, branch, clip1, clip2 = setup
+    lqi = mod("lq_injection")
+    cpu = torch.device("cpu")
+    # ComfyUI's policy: RAM for a CUDA sampling device, nothing to offload when sampling on its intermediate device
+    assert lqi.cache_device(torch.device("cuda", 0)) == comfy.model_management.intermediate_device() == cpu
+    assert lqi.cache_device(cpu) is None
+
+    tiles, _ = plan(nodes, clip1, clip2, smooth_image(512, 512), 256, 64, mode=1, shift=True)
+    distinct = {t for p in tiles.plans for t in p}
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(1, 16, 64, 64, generator=g)
+    positive = [[torch.randn(1, 333, SPEC.joint_attention_dim, generator=g),
+                 {"pooled_output": torch.randn(1, SPEC.pooled_projection_dim, generator=g)}]]
+    noise = torch.randn(z.shape, generator=g)
+    out, fed, held = {}, {}, {}
+    for store in (None, cpu):
+        snapshot = []
+
+        def wrapper(apply, a):
+            snapshot.append(dict(lq._tiles))  # the cache as this model call sees it
+            fed[store].append(a["c"][mod("tiled_sampling").KEY])
+            return apply(a["input"], a["timestep"], **a["c"])
+
+        m = model.clone()
+        m.set_model_unet_function_wrapper(wrapper)
+        patched = nodes["DPIRApplyLQCondition"]().apply(m, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+        lq = lqi.injection_of(patched.model_options)
+        lq.store = store
+        fed[store] = []
+        _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, len(tiles.plans), 2.0, 3.0,
+                                                                        tiles=tiles, tile_batch=3)
+        out[store] = guider.sample(noise, torch.zeros_like(z), sampler, sigmas, seed=0)
+        held[store] = snapshot[-1]
+        assert lq._tiles == {}  # released at the end of the run
+    assert set(held[None]) == set(held[cpu]) == distinct  # every distinct tile once, nothing else
+    per_tile = {t: f.numel() * f.element_size() for t, f in held[cpu].items()}
+    for t, f in held[cpu].items():  # offloaded: each tile its own copy in the store, not a view of its batch
+        assert f.device == cpu and f._base is None and f.untyped_storage().nbytes() == per_tile[t]
+    assert any(f._base is not None for f in held[None].values())  # kept: views of the batch they were computed in
+    assert len(fed[None]) == len(fed[cpu]) > 0
+    for a, b in zip(fed[None], fed[cpu]):
+        assert torch.equal(a, b)
+    assert torch.equal(out[None], out[cpu])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: pinned RAM and the non-blocking copy to the GPU")
+def test_tile_features_wait_in_pinned_ram_when_sampling_on_cuda(setup):
+    nodes, model, branch, clip1, clip2 = setup
+    lqi = mod("lq_injection")
+    tiles, _ = plan(nodes, clip1, clip2, smooth_image(512, 512), 256, 64, mode=1, shift=True)
+    z = torch.randn(1, 16, 64, 64, generator=torch.Generator().manual_seed(8))
+    lq = lqi.injection_of(nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": z}, 1.0, 0.0, 1.0)[0]
+                          .model_options)
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    try:
+        on_gpu = [f for p in tiles.plans for f in lq.tile_features(p, cuda)]
+        assert all(f.device == cuda for f in on_gpu)
+        assert all(f.device.type == "cpu" and f.is_pinned() for f in lq._tiles.values())
+        lq._tiles.clear()
+        lq.store = cuda  # kept on the GPU instead: the same numbers
+        kept = [f for p in tiles.plans for f in lq.tile_features(p, cuda)]
+        assert all(torch.equal(a, b) for a, b in zip(on_gpu, kept))
+    finally:
+        lq._tiles.clear()
+
+
 def test_blending_has_no_seams(setup):
     """An identity-like model whose output disagrees from tile to tile (it adds the tile's own mean):
     hard stitching would jump at every border; the Gaussian blend must change smoothly."""
