@@ -92,6 +92,15 @@ def _unload(patcher) -> None:
     mm.soft_empty_cache()
 
 
+class VLMHolder(torch.nn.Module):
+    """The transformers model inside a plain module: ModelPatcher writes attributes (e.g. ``device``) that
+    transformers models keep read-only."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.vlm = vlm
+
+
 _cache: dict = {}  # one captioner kept in RAM between runs: (path, mtime, dtype) → (patcher, processor, type)
 
 
@@ -101,7 +110,7 @@ def captioner(path, dtype):
     if key not in _cache:
         _cache.clear()
         model, processor, model_type = load_captioner(path, dtype)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+        patcher = comfy.model_patcher.ModelPatcher(VLMHolder(model), load_device=mm.get_torch_device(),
                                                    offload_device=mm.text_encoder_offload_device())
         _cache[key] = (patcher, processor, model_type)
     return _cache[key]
@@ -148,7 +157,7 @@ class DPIRCaption:
         patcher, processor, model_type = captioner(path, _compute_dtype(dtype, device))
         mm.load_models_gpu([patcher], force_full_load=True)
         try:
-            captions = caption_images(patcher.model, processor, model_type, [Image.fromarray(p) for p in pixels],
+            captions = caption_images(patcher.model.vlm, processor, model_type, [Image.fromarray(p) for p in pixels],
                                       instruction=instruction or DEFAULT_INSTRUCTION, max_new_tokens=max_new_tokens,
                                       do_sample=sampling == "sample", seed=seed)
         finally:
