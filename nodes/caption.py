@@ -139,7 +139,9 @@ class DPIRCaption:
                                "longest caption the model may write (its own tokens)"}),
             "sampling": (["greedy", "sample"], {"default": "greedy", "tooltip":
                          "greedy: the same caption every run; sample: varied captions, set by the seed"}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "used only when sampling"}),
+            # not named 'seed': the frontend would add a 'randomize after run' control, re-captioning every run
+            "sampling_seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip":
+                              "used only when sampling"}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip":
                       "auto: bf16 or fp16 where the device supports it, fp32 otherwise"}),
             "keep_loaded": ("BOOLEAN", {"default": False, "tooltip":
@@ -147,7 +149,7 @@ class DPIRCaption:
                             "for the DiT)"}),
         }}
 
-    def caption(self, image, caption_model, instruction, max_new_tokens, sampling, seed, dtype, keep_loaded):
+    def caption(self, image, caption_model, instruction, max_new_tokens, sampling, sampling_seed, dtype, keep_loaded):
         if caption_model in (None, "", NONE):
             raise DPIRModelError(f"no caption model in the list. {guidance('caption_model')}")
         pixels = (to_bchw(image, "image of 'DPIR Caption'").clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255)
@@ -159,7 +161,7 @@ class DPIRCaption:
         try:
             captions = caption_images(patcher.model.vlm, processor, model_type, [Image.fromarray(p) for p in pixels],
                                       instruction=instruction or DEFAULT_INSTRUCTION, max_new_tokens=max_new_tokens,
-                                      do_sample=sampling == "sample", seed=seed)
+                                      do_sample=sampling == "sample", seed=sampling_seed)
         finally:
             if not keep_loaded:
                 _unload(patcher)

@@ -36,10 +36,10 @@ def _one(value):
 
 def _prompts(text, prefix, suffix) -> list[str]:
     """One prompt per image: lists of 1 (a widget) are repeated for lists of N (e.g. DPIR Caption's captions)."""
-    lists = [v if isinstance(v, list) else [v] for v in (text, prefix, suffix)]
+    lists = [v if isinstance(v, list) else [v] for v in (prefix, text, suffix)]
     n = max(len(v) for v in lists)
     if any(len(v) not in (1, n) for v in lists):
-        raise DPIRInputError(f"'text', 'prefix' and 'suffix' hold {', '.join(str(len(v)) for v in lists)} prompts; "
+        raise DPIRInputError(f"'prefix', 'text' and 'suffix' hold {', '.join(str(len(v)) for v in lists)} prompts; "
                              "wire lists of the same length (one per image) or single texts")
     return [compose_prompt(*(str(v[i if len(v) > 1 else 0] or "") for v in lists)) for i in range(n)]
 

@@ -60,7 +60,7 @@ def caption_api(model, images=(PHOTO,), seed=0, prefix="", suffix="", **caption)
         image = ["3", 0]
     api["10"] = {"class_type": "DPIRCaption", "inputs": {
         "image": image, "caption_model": model, "instruction": "Describe the photo.", "max_new_tokens": 12,
-        "sampling": "greedy", "seed": seed, "dtype": "auto", "keep_loaded": False, **caption}}
+        "sampling": "greedy", "sampling_seed": seed, "dtype": "auto", "keep_loaded": False, **caption}}
     api["11"] = {"class_type": "DPIRT5TextPrompt", "inputs": {"text": ["10", 0], "t5_embedding": PROMPT_EMBEDDING,
                                                             "prefix": prefix, "suffix": suffix}}
     api["12"] = {"class_type": "DPIRSaveT5Embedding", "inputs": {"text_prompt": ["11", 0],
@@ -84,6 +84,15 @@ def test_two_families_caption_greedily_one_per_image(server, model):
     assert texts(single, "10") == captions[:1]  # each image is captioned on its own
     # the T5 prompt node received the captions unchanged, one prompt per image
     assert [t.split(") ", 1)[1] for t in texts(first, "11")] == captions
+
+
+def test_sampling_follows_the_seed(server):
+    def sampled(images, seed):
+        return texts(server.run(caption_api(QWEN, images=images, seed=seed, sampling="sample"), timeout=300), "10")
+
+    pair, single, other = sampled((PHOTO, "photo2.png"), 5), sampled((PHOTO,), 5), sampled((PHOTO,), 6)
+    assert single == pair[:1]  # image i is sampled with seed + i, whatever the batch
+    assert other != single
 
 
 def test_prefix_and_suffix_frame_the_caption(server):
@@ -138,7 +147,7 @@ def test_model_is_offloaded_after_use_and_captions_fit_t5(pack_nodes, vlms, tmp_
         return [lm.model for lm in mm.current_loaded_models if lm.model is not None and
                 lm.model in [p for p, *_ in caption_mod._cache.values()]]
 
-    args = dict(caption_model="from-extra-paths", instruction="Describe the photo.", sampling="greedy", seed=0,
+    args = dict(caption_model="from-extra-paths", instruction="Describe the photo.", sampling="greedy", sampling_seed=0,
                 dtype="auto")
     out = node.caption(image, max_new_tokens=400, keep_loaded=False, **args)
     assert patchers() == []  # unloaded from ComfyUI's loaded models right after captioning
