@@ -102,6 +102,14 @@ def main():
             continue
         print(f"{name:12s} ({units[name]}): found {s['found']}/{s['n']}, mean |err| {s.get('mean_abs', float('nan')):.2f}, "
               f"median {s.get('median_abs', float('nan')):.2f}, max {s.get('max_abs', float('nan')):.2f}")
+        if name.startswith("jpeg"):
+            missed = sorted(round(t, 1) for t, e in pairs if e is None)
+            print(f"{'':12s} not recognised at qualities {missed}")
+        if name == "blur":
+            for lo, hi in ((0, 0.6), (0.6, 10)):
+                part = summary([(t, e) for t, e in pairs if lo <= t < hi])
+                print(f"{'':12s} sigma {lo}–{hi}: mean |err| {part.get('mean_abs', float('nan')):.2f}, "
+                      f"max {part.get('max_abs', float('nan')):.2f} ({part['n']} images)")
 
 
 if __name__ == "__main__":
