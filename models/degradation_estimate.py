@@ -118,26 +118,28 @@ _AC = [(u, v) for u in range(3) for v in range(3) if (u, v) != (0, 0)]
 
 
 def _lattice_misfit(coef: torch.Tensor, table: torch.Tensor) -> tuple[float, int]:
-    """Mean distance (in steps) of the coefficients that the table leaves non-zero to its lattice."""
-    dist, n = [], 0
+    """How far the coefficients that the table leaves non-zero lie from its lattice, relative to random numbers
+    (1 ≈ no lattice, 0 = exactly on it); and how many coefficients were compared. Steps below 3 are skipped:
+    8-bit rounding alone moves coefficients by about half a level."""
+    dist, expect, n = 0.0, 0.0, 0
     for u, v in _AC:
         c, t = coef[:, u, v], float(table[u, v])
         c = c[c.abs() >= t / 2]
-        if t < 2 or c.numel() == 0:
+        if t < 3 or c.numel() == 0:
             continue
-        dist.append((c / t - torch.round(c / t)).abs())
+        dist += float((c - t * torch.round(c / t)).abs().sum())
+        expect += c.numel() * t / 4  # mean distance of random numbers to a lattice of step t
         n += c.numel()
-    if not dist:
-        return 1.0, 0
-    return float(torch.cat(dist).mean()), n
+    return (dist / expect if expect else 1.0), n
 
 
-def estimate_jpeg_quality(img: torch.Tensor, max_misfit: float = 0.1, min_coefficients: int = 64) -> list[float | None]:
+def estimate_jpeg_quality(img: torch.Tensor, max_misfit: float = 0.5, min_coefficients: int = 64) -> list[float | None]:
     """The lowest JPEG quality whose luminance lattice the image's DCT coefficients fit, per image; None if none.
 
-    A lattice fits when the coefficients it leaves non-zero lie on average within
-    ``max_misfit`` steps of it (uncoded images: ≈ 0.25, like random numbers).
-    Qualities above 95 have steps of 1–2 in these frequencies and are not told apart.
+    Searching from quality 1 upwards, the first lattice the coefficients fit
+    (misfit below ``max_misfit``) is the coarsest one they lie on: the one they
+    were quantised with. Above quality ≈ 90 the steps of these frequencies are
+    too fine to tell from 8-bit rounding, and such images read as not JPEG-coded.
     """
     out = []
     for y in _luma(img):

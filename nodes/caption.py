@@ -105,8 +105,8 @@ _cache: dict = {}  # one captioner kept in RAM between runs: (path, mtime, dtype
 
 
 def captioner(path, dtype):
-    key = (str(path), os.path.getmtime(os.path.join(path, "config.json")) if os.path.isfile(
-        os.path.join(path, "config.json")) else 0, dtype)
+    config = os.path.join(path, "config.json")
+    key = (str(path), os.path.getmtime(config) if os.path.isfile(config) else 0, dtype)  # a replaced model reloads
     if key not in _cache:
         _cache.clear()
         model, processor, model_type = load_captioner(path, dtype)

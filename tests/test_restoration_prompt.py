@@ -90,8 +90,8 @@ def test_estimators_on_images_degraded_by_the_trainer():
     blur = bench.summary(res["blur"])
     assert blur["found"] == 6 and blur["median_abs"] < 0.35 and blur["max_abs"] < 0.8
     for backend in ("jpeg_pil", "jpeg_kornia"):
-        pairs = [(t, e) for t, e in res[backend] if t <= 85]  # above ≈ 88 the steps are too fine to tell apart
-        assert all(e is not None and abs(e - t) <= 3 for t, e in pairs), pairs
+        pairs = [(t, e) for t, e in res[backend] if t <= 88]  # above ≈ 90 the steps are too fine to tell apart
+        assert all(e is not None and abs(e - t) <= 4 for t, e in pairs), pairs
     assert all(e is None for _, e in res["clean_as_jpeg"])  # never JPEG-coded: no JPEG term
 
 
