@@ -100,8 +100,8 @@ def main():
         if name == "clean_as_jpeg":
             print(f"{name:12s} uncoded images taken for JPEG: {s['found']}/{s['n']}")
             continue
-        print(f"{name:12s} ({units[name]}): found {s['found']}/{s['n']}, mean |err| {s.get('mean_abs', float('nan')):.2f}, "
-              f"median {s.get('median_abs', float('nan')):.2f}, max {s.get('max_abs', float('nan')):.2f}")
+        print(f"{name:12s} ({units[name]}): found {s['found']}/{s['n']}, "
+              f"mean |err| {s.get('mean_abs', float('nan')):.2f}, median {s.get('median_abs', float('nan')):.2f}, max {s.get('max_abs', float('nan')):.2f}")
         if name.startswith("jpeg"):
             missed = sorted(round(t, 1) for t, e in pairs if e is None)
             print(f"{'':12s} not recognised at qualities {missed}")

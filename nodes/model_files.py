@@ -116,7 +116,8 @@ def resolve(folder: str | tuple, name: str, kind: str) -> Path:
     """Full path of a listed model (in one model folder, or the first of several), refusing names that escape them."""
     if not name or name == "none":
         raise DPIRModelError(f"no file selected. {guidance(kind)}")
-    for base in [b for f in ((folder,) if isinstance(folder, str) else folder) for b in folder_paths.get_folder_paths(f)]:
+    folders = (folder,) if isinstance(folder, str) else folder
+    for base in [b for f in folders for b in folder_paths.get_folder_paths(f)]:
         base_real = Path(base).resolve()
         candidate = Path(base, name.rstrip("/"))
         real = candidate.resolve()

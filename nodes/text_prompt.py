@@ -80,7 +80,8 @@ class DPIRT5TextPrompt:
             shown = [f"(T5 embedding '{t5_embedding}' used; this text is not encoded) {p}" for p in prompts]
         elif clip is not None:
             unique = list(dict.fromkeys(prompts))  # each distinct prompt encoded once
-            embs = {p: clip.encode_from_tokens(t5_only_tokens(clip, p), return_pooled=True)[0].float() for p in unique}
+            embs = {p: clip.encode_from_tokens(t5_only_tokens(clip, p), return_pooled=True)[0].float()
+                    for p in unique}
             emb = pad_tokens(torch.cat([embs[p] for p in prompts]) if len(unique) > 1 else embs[unique[0]], T5_TOKENS)
             shown = prompts
         else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from dpir_pack.models.captioning import fit_tokens

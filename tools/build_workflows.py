@@ -199,7 +199,7 @@ def dpir_restore_large(info):
 
 
 def dpir_restore_autoprompt(info):
-    """LQ → DPIR Caption → T5 prompt (+ visual prompt) → restore; a Restoration Prompt ready to wire into 'suffix'."""
+    """LQ → DPIR Caption → T5 prompt (+ visual prompt) → restore; a Restoration Prompt ready for 'suffix'."""
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
     encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)

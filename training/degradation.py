@@ -13,8 +13,8 @@ with (dpir-reference §5):
 
 Every range lives in ``DegradationConfig``, every stage has an ``enabled``
 flag, and ``Degrader.__call__`` returns the parameters it drew for each
-image, so callers can write SPIRE-style restoration prompts
-(``restoration_prompt``, shared with the node: ``models/restoration_prompt.py``). Randomness comes only from the ``seed`` passed in:
+image, so callers can write SPIRE-style restoration prompts (``restoration_prompt``,
+shared with the node: ``models/restoration_prompt.py``). Randomness comes only from the ``seed`` passed in:
 parameter draws use a CPU generator (the same numbers on every device), noise
 a generator on the images' device.
 
