@@ -213,7 +213,7 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
     with stage("CLIP visual prompt"):
         visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
     with stage("T5 prompt (embedding file)"):
-        text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
+        text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")["result"][0]
         positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
     plan = None
     if tiles:
@@ -287,7 +287,7 @@ def overhead(args):
     device, _, nodes, models = setup(args)
     model, branch, _, clip1, clip2 = load_pack_models(nodes, models, device)
     visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, test_image(256))[0]
-    text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
+    text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")["result"][0]
     positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
     print(f"\n## DPIR / plain SD3 sampling: {device.type}, '{args.size}' model, {args.steps} steps, "
           f"{args.reps} reps\n\n| image | DPIR / plain |" + (" eager DPIR / compiled DPIR | compile (s) |"

@@ -22,6 +22,17 @@ def encode_text(tokenizer, t5, prompts, length: int = T5_TOKENS) -> torch.Tensor
     return t5(input_ids=ids.to(p.device)).last_hidden_state
 
 
+def compose_prompt(prefix: str, text: str, suffix: str) -> str:
+    """``prefix``, ``text`` and ``suffix`` joined by ", " (a bare space after a part that ends in punctuation);
+    empty parts are left out: "film photo, 1970s," + "a red house" → "film photo, 1970s, a red house"."""
+    out = ""
+    for part in (prefix, text, suffix):
+        part = (part or "").strip()
+        if part:
+            out = part if not out else f"{out} {part}" if out.endswith((",", ";", ":", ".")) else f"{out}, {part}"
+    return out
+
+
 def load_t5_embedding(path) -> torch.Tensor:
     """A precomputed T5 embedding (1, N, width) from ``.safetensors`` (one tensor) or a ``.pt`` tensor."""
     path = Path(path)

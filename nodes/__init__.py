@@ -2,8 +2,8 @@
 import importlib
 
 # Order = order in the node menu.
-_MODULES = ("loaders", "robust_encode", "visual_prompt", "text_prompt", "dual_prompt", "lq_injection",
-            "tiled_sampling", "sampler", "colour_fix")
+_MODULES = ("loaders", "robust_encode", "visual_prompt", "caption", "restoration_prompt", "text_prompt", "dual_prompt",
+            "lq_injection", "tiled_sampling", "sampler", "colour_fix")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -62,6 +62,15 @@ MODEL_FILES = {
         "expected": "a .safetensors or .pt holding one (1, 256, 4096) tensor",
         "source": "made with the 'DPIR Save T5 Embedding' node, or the DPIR release's default prompt embedding",
     },
+    "caption_model": {
+        "folder": "LLM",
+        "what": "vision-language caption model for 'DPIR Caption' (optional; also read from models/dpir_caption/)",
+        "expected": "the whole Hugging Face folder (config.json, *.safetensors, processor and tokenizer files) of a "
+                    "model transformers runs natively: Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT, SmolVLM/Idefics3, "
+                    "Florence-2",
+        "source": "Hugging Face: e.g. Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen3-VL-2B-Instruct, "
+                  "HuggingFaceTB/SmolVLM-Instruct, llava-hf/llava-1.5-7b-hf, florence-community/Florence-2-large",
+    },
 }
 
 
@@ -104,11 +113,12 @@ def list_models(folder: str) -> list[str]:
     return sorted(out)
 
 
-def resolve(folder: str, name: str, kind: str) -> Path:
-    """Full path of a listed model, refusing names that escape the model folders."""
+def resolve(folder: str | tuple, name: str, kind: str) -> Path:
+    """Full path of a listed model (in one model folder, or the first of several), refusing names that escape them."""
     if not name or name == "none":
         raise DPIRModelError(f"no file selected. {guidance(kind)}")
-    for base in folder_paths.get_folder_paths(folder):
+    folders = (folder,) if isinstance(folder, str) else folder
+    for base in [b for f in folders for b in folder_paths.get_folder_paths(f)]:
         base_real = Path(base).resolve()
         candidate = Path(base, name.rstrip("/"))
         real = candidate.resolve()

@@ -10,7 +10,7 @@ import folder_paths
 
 from ..models.dual_prompt import T5_TOKENS, pad_tokens
 from ..models.errors import DPIRInputError, DPIRModelError
-from ..models.text_prompt import load_t5_embedding
+from ..models.text_prompt import compose_prompt, load_t5_embedding
 from .model_files import DPIR_FOLDER, guidance, list_models, resolve
 
 NONE = "none"
@@ -29,37 +29,67 @@ def t5_only_tokens(clip, text: str) -> dict:
     return tokens
 
 
+def _one(value):
+    """The single value of an input (ComfyUI hands every input of an INPUT_IS_LIST node over as a list)."""
+    return value[0] if isinstance(value, list) and value else value
+
+
+def _prompts(text, prefix, suffix) -> list[str]:
+    """One prompt per image: lists of 1 (a widget) are repeated for lists of N (e.g. DPIR Caption's captions)."""
+    lists = [v if isinstance(v, list) else [v] for v in (prefix, text, suffix)]
+    n = max(len(v) for v in lists)
+    if any(len(v) not in (1, n) for v in lists):
+        raise DPIRInputError(f"'prefix', 'text' and 'suffix' hold {', '.join(str(len(v)) for v in lists)} prompts; "
+                             "wire lists of the same length (one per image) or single texts")
+    return [compose_prompt(*(str(v[i if len(v) > 1 else 0] or "") for v in lists)) for i in range(n)]
+
+
 class DPIRT5TextPrompt:
     DESCRIPTION = ("The T5 half of DPIR's dual prompt: 256 tokens of T5-XXL (padded or cut like the released code). "
                    "Takes a CLIP that holds T5-XXL (core 'Load CLIP', type sd3, only the T5 file), or a precomputed "
-                   "T5 embedding file from models/dpir, which spares loading the multi-GB encoder.")
+                   "T5 embedding file from models/dpir, which spares loading the multi-GB encoder. 'text' takes a "
+                   "typed prompt or a wired caption (DPIR Caption: one prompt per image); 'prefix' and 'suffix' are "
+                   "kept around it. The prompt used is shown on the node.")
     CATEGORY = "DPIR"
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING",)
     RETURN_NAMES = ("text_prompt",)
+    INPUT_IS_LIST = True  # one caption per image arrives as a list
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "text": ("STRING", {"multiline": True, "default": "", "tooltip":
-                                "what the restored photo shows; may be empty"}),
+                                "what the restored photo shows; may be empty. Wire DPIR Caption here to write it "
+                                "from the photo"}),
         }, "optional": {
             "clip": ("CLIP", {"tooltip": "T5-XXL from Load CLIP (type sd3)"}),
             "t5_embedding": ([NONE] + list_models(DPIR_FOLDER), {"default": NONE, "tooltip":
                              guidance("t5_embedding") + " Used instead of 'clip' and 'text' when chosen."}),
+            "prefix": ("STRING", {"default": "", "tooltip": "put before the text, kept across photos "
+                                  "(e.g. 'film photo, 1970s,')"}),
+            "suffix": ("STRING", {"default": "", "tooltip": "put after the text (e.g. the output of DPIR "
+                                  "Restoration Prompt)"}),
         }}
 
-    def encode(self, text, clip=None, t5_embedding=NONE):
+    def encode(self, text, clip=None, t5_embedding=NONE, prefix="", suffix=""):
+        clip, t5_embedding = _one(clip), _one(t5_embedding)
+        prompts = _prompts(text, prefix, suffix)
         if t5_embedding not in (None, "", NONE):
             emb = pad_tokens(load_t5_embedding(resolve(DPIR_FOLDER, t5_embedding, "t5_embedding")), T5_TOKENS)
+            shown = [f"(T5 embedding '{t5_embedding}' used; this text is not encoded) {p}" for p in prompts]
         elif clip is not None:
-            emb, _ = clip.encode_from_tokens(t5_only_tokens(clip, text), return_pooled=True)
-            emb = pad_tokens(emb.float(), T5_TOKENS)
+            unique = list(dict.fromkeys(prompts))  # each distinct prompt encoded once
+            embs = {p: clip.encode_from_tokens(t5_only_tokens(clip, p), return_pooled=True)[0].float()
+                    for p in unique}
+            emb = pad_tokens(torch.cat([embs[p] for p in prompts]) if len(unique) > 1 else embs[unique[0]], T5_TOKENS)
+            shown = prompts
         else:
             raise DPIRInputError("connect a CLIP holding T5-XXL to 'clip', or choose a 't5_embedding' file. "
                                  + guidance("t5xxl"))
         # pooled zeros as core SD3 T5-only conditioning has; 'DPIR Dual Prompt' replaces it with the visual one
-        return ([[emb, {"pooled_output": torch.zeros(emb.shape[0], 2048), "dpir_prompt": "t5"}]],)
+        cond = [[emb, {"pooled_output": torch.zeros(emb.shape[0], 2048), "dpir_prompt": "t5"}]]
+        return {"ui": {"text": shown}, "result": (cond,)}
 
 
 class DPIRSaveT5Embedding:

@@ -75,7 +75,11 @@ class Graph:
 
     def link(self, src, slot, dst, name):
         lid = len(self.links) + 1
-        dst_input = next(i for i in dst["inputs"] if i["name"] == name)
+        dst_input = next((i for i in dst["inputs"] if i["name"] == name), None)
+        if dst_input is None:  # a widget fed by a link: the frontend adds an input slot naming the widget
+            t = next(t for n, t, _ in _inputs(self.info[dst["type"]]) if n == name)
+            dst_input = {"name": name, "type": t, "widget": {"name": name}, "link": None}
+            dst["inputs"].append(dst_input)
         t = src["outputs"][slot]["type"]
         self.links.append([lid, src["id"], slot, dst["id"], dst["inputs"].index(dst_input), t])
         src["outputs"][slot]["links"].append(lid)
@@ -194,8 +198,33 @@ def dpir_restore_large(info):
     return g.ui()
 
 
+def dpir_restore_autoprompt(info):
+    """LQ → DPIR Caption → T5 prompt (+ visual prompt) → restore; a Restoration Prompt ready for 'suffix'."""
+    g = Graph(info)
+    image, model, robust, clip1, clip2, t5 = loaders(g)
+    encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
+    caption = g.add("DPIRCaption", (360, 260), {"caption_model": "Qwen/Qwen2.5-VL-3B-Instruct"},
+                    {"image": (image, 0)}, size=(340, 420))
+    g.link(caption, 0, text, "text")
+    text["size"] = [340, 300]  # room for the prompt it shows after a run (web/js/dpir_text.js)
+    g.add("DPIRRestorationPrompt", (1440, 260), {"mode": "estimate from image"}, {"image": (image, 0)},
+          size=(340, 300), title="Restoration Prompt (only for models trained with it: wire into 'suffix')")
+    dual = g.add("DPIRDualPrompt", (1080, 0), {}, {"visual_prompt": (visual, 0), "text_prompt": (text, 0)})
+    restore_chain(g, 360, 760, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore_autoprompt")
+    g.add("MarkdownNote", (1800, 0), {"text": (
+        "## DPIR restore with an automatic prompt\n**DPIR Caption** describes the LQ photo with a vision-language "
+        "model from `models/LLM/` (Qwen2.5-VL, Qwen3-VL, LLaVA, SmolVLM, Florence-2; see the README) and the caption "
+        "becomes the T5 text prompt; a batch gets one caption per image. The caption is shown on the node (and the "
+        "final prompt on DPIR T5 Text Prompt); `prefix`/`suffix` there keep a fixed text around it.\n\n"
+        "**DPIR Restoration Prompt** measures noise, blur and JPEG quality of the LQ photo and writes them as "
+        "text ('upscale 4x, deblur sigma 2.1, denoise 8.0, jpeg 40'). The official DPIR checkpoint was NOT trained "
+        "on such text: wire it into the T5 prompt's `suffix` only with a model fine-tuned with "
+        "`restoration_prompts: true`.")}, size=(520, 320))
+    return g.ui()
+
+
 WORKFLOWS = {"dpir_restore": dpir_restore, "dpir_prompt_ablation": dpir_prompt_ablation,
-             "dpir_restore_large": dpir_restore_large}
+             "dpir_restore_large": dpir_restore_large, "dpir_restore_autoprompt": dpir_restore_autoprompt}
 
 
 def main():

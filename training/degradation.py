@@ -13,8 +13,8 @@ with (dpir-reference §5):
 
 Every range lives in ``DegradationConfig``, every stage has an ``enabled``
 flag, and ``Degrader.__call__`` returns the parameters it drew for each
-image, so callers can write SPIRE-style restoration prompts
-(``restoration_prompt``). Randomness comes only from the ``seed`` passed in:
+image, so callers can write SPIRE-style restoration prompts (``restoration_prompt``,
+shared with the node: ``models/restoration_prompt.py``). Randomness comes only from the ``seed`` passed in:
 parameter draws use a CPU generator (the same numbers on every device), noise
 a generator on the images' device.
 
@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
+
+from ..models.restoration_prompt import restoration_prompt  # noqa: F401  (one formatter for trainer and node)
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -442,35 +444,3 @@ class Degrader:
             lq = (lq * 255).round() / 255
         lq_up = _resize(lq, (h, w), cfg.upsample_mode).clamp(0, 1) if cfg.scale != 1 else lq
         return Degraded(lq.to(hq.dtype), lq_up.to(hq.dtype), params)
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-def restoration_prompt(p: dict, scale: int | None = None) -> str:
-    """SPIRE-style restoration instruction from one image's drawn parameters.
-
-    E.g. ``"upscale 4x, deblur sigma 2.1, denoise 8.0, jpeg 40"``; stages
-    that did nothing are left out. Blur strength is the mean kernel sigma
-    of both passes (sinc kernels count as ``ringing``), noise the Gaussian std
-    in 8-bit units (Poisson: ``poisson 1.2``), JPEG the lower quality.
-    """
-    parts = []
-    if scale and scale > 1:
-        parts.append(f"upscale {scale}x")
-    sigmas = [(b["sigma_x"] + b["sigma_y"]) / 2 for b in (p.get("blur1"), p.get("blur2")) if b and "sigma_x" in b]
-    if sigmas:
-        parts.append(f"deblur sigma {max(sigmas):.1f}")
-    if any(b and b["kind"] == "sinc" for b in (p.get("blur1"), p.get("blur2"), p.get("final_sinc"))):
-        parts.append("remove ringing")
-    noises = [n for n in (p.get("noise1"), p.get("noise2")) if n]
-    gauss = [n["sigma"] for n in noises if n["kind"] == "gaussian"]
-    pois = [n["scale"] for n in noises if n["kind"] == "poisson"]
-    if gauss:
-        parts.append(f"denoise {max(gauss):.1f}")
-    if pois:
-        parts.append(f"poisson {max(pois):.1f}")
-    qs = [q for q in (p.get("jpeg1"), p.get("jpeg2")) if q is not None]
-    if qs:
-        parts.append(f"jpeg {round(min(qs))}")
-    return ", ".join(parts)

@@ -319,7 +319,7 @@ def test_saving_a_t5_embedding_stays_in_the_model_folder(pack_nodes):
     out = save([[emb, {}]], "../../escape attempt")  # path characters are dropped, the name is kept
     saved = folder / "escape attempt.safetensors"
     assert str(saved) in out["ui"]["text"][0] and saved.is_file()
-    loaded = pack_nodes["DPIRT5TextPrompt"]().encode("", t5_embedding=saved.name)[0][0][0]
+    loaded = pack_nodes["DPIRT5TextPrompt"]().encode("", t5_embedding=saved.name)["result"][0][0][0]
     assert torch.equal(loaded, emb)
     for bad, match in (([], "CONDITIONING"), ([[torch.randn(256, 64), {}]], "CONDITIONING"),
                        ([[torch.full((1, 256, 64), float("nan")), {}]], "NaN")):
