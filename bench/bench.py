@@ -459,6 +459,77 @@ def tiles(args):
               f"{buffers / 2**20:9.0f} |")
 
 
+LOADERS = ("DPIR Model Loader (folder)", "DPIR Model Loader (single file)", "UNETLoader (single file)")
+
+
+def python_tensor_bytes() -> int:
+    """Bytes of the distinct tensor storages Python can still reach (the model's weights included)."""
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and not obj.is_meta:
+            st = obj.untyped_storage()
+            if st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                total += st.nbytes()
+    return total
+
+
+def load_one(args):
+    """One loader in this (fresh) process: RSS before, peak, after gc, after returning freed heap to the OS."""
+    import ctypes
+
+    device, spec, nodes, models = setup(args)
+    name = LOADERS[args.one]
+    single = models / "dpir" / "dpir_transformer.safetensors"
+    proc = psutil.Process()
+    gc.collect()
+    with Memory(device) as m:
+        if name.startswith("UNETLoader"):
+            from nodes import UNETLoader
+
+            out = UNETLoader().load_unet(single.name, "default")
+        else:
+            out = nodes["DPIRModelLoader"]().load(transformer_name(models) if "folder" in name else single.name,
+                                                  args.weight_dtype)
+    gc.collect()
+    after = proc.memory_info().rss
+    held = python_tensor_bytes()
+    trimmed = after
+    if hasattr(ctypes.CDLL(None), "malloc_trim"):  # glibc: hand freed heap pages back to the OS
+        ctypes.CDLL(None).malloc_trim(0)
+        trimmed = proc.memory_info().rss
+    print(json.dumps({"loader": name, "seconds": m.seconds, "peak": m.peak_bytes - m.base, "after_gc": after - m.base,
+                      "after_trim": trimmed - m.base, "tensors": held, "model": out[0].model_size()}))
+
+
+def loadmem(args):
+    """Each transformer loader in a fresh process on the same weights: time, peak and resident memory."""
+    import subprocess
+
+    device, spec, _, models = setup(args)
+    single = models / "dpir" / "dpir_transformer.safetensors"
+    if not single.is_file():  # the same tensors as the folder, as one diffusers-named file
+        rw.write_safetensors(single, rw.transformer_shapes(spec), torch.bfloat16, spec, "transformer")
+    unet = models / "diffusion_models"
+    if not unet.exists():
+        unet.mkdir()
+        (unet / single.name).symlink_to(single)
+    print(f"\n## transformer loaders: {device.type}, '{args.size}' model, weight dtype '{args.weight_dtype}' "
+          "(GiB over the process before loading)\n\n| loader | seconds | peak | resident after gc | after malloc_trim |"
+          " tensors reachable | model |\n|---|---|---|---|---|---|---|")
+    for i in range(len(LOADERS)):
+        cmd = [sys.executable, __file__, "loadmem", "--one", str(i), "--size", args.size, "--models", str(models),
+               "--weight-dtype", args.weight_dtype] + (["--cpu"] if args.cpu else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            print(f"| {LOADERS[i]} | failed: {out.stderr.strip().splitlines()[-1:]} |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        g = {k: r[k] / 2**30 for k in ("peak", "after_gc", "after_trim", "tensors", "model")}
+        print(f"| {r['loader']} | {r['seconds']:.1f} | +{g['peak']:.2f} | +{g['after_gc']:.2f} | +{g['after_trim']:.2f} "
+              f"| {g['tensors']:.2f} | {g['model']:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -492,10 +563,18 @@ def main():
     t.add_argument("--cpu", action="store_true")
     for p in (p, o, m, t):
         p.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
+    lm = sub.add_parser("loadmem")
+    lm.add_argument("--size", default="sd3-medium", choices=["tiny", "small", "sd3-medium"])
+    lm.add_argument("--weight-dtype", default="default")
+    lm.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    lm.add_argument("--cpu", action="store_true")
+    lm.add_argument("--models", type=Path)
     args = ap.parse_args()
+    if args.cmd == "loadmem" and args.one is not None:
+        return load_one(args)
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
-        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles}[args.cmd](args)
+        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "loadmem": loadmem}[args.cmd](args)
 
 
 if __name__ == "__main__":
