@@ -184,3 +184,16 @@ def test_verify_uses_sha256_and_git_blob_ids(tmp_path):
     assert "git blob id" in hd.verify(f, hd.RemoteFile("x.json", 2, None, "0" * 40))
     assert "bytes instead of" in hd.verify(f, hd.RemoteFile("x.json", 3, None, blob))
     assert hd.verify(f, hd.RemoteFile("x.json", 2, hashlib.sha256(b"{}").hexdigest(), None)) is None
+
+
+def test_a_file_in_the_hugging_face_cache_is_not_downloaded_again(hub, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    src = tm.write_transformer_file(tmp_path / "src" / "dpir.safetensors", SPEC)
+    hub.add_repo("f/cached", {"dpir.safetensors": src})
+    hf_hub_download("f/cached", "dpir.safetensors", endpoint=hub.url)  # e.g. fetched earlier by diffusers
+    n = len(hub.downloads())
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "f/cached", "pick": "transformer"}], tmp_path / "dpir")
+    hd.download(plan)
+    assert len(hub.downloads()) == n == 1
+    assert (tmp_path / "dpir" / "dpir.safetensors").read_bytes() == src.read_bytes()
