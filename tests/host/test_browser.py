@@ -554,3 +554,36 @@ def test_loaders_without_files_show_where_to_get_them(browser, start_server):
     finally:
         p.close()
         srv.stop()
+
+
+def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tmp_path):
+    """The loader's guidance has a Download button: one click, the server fetches the file from the (local) Hub,
+    the lists refresh and the guidance goes away."""
+    from fake_hub import FakeHub
+    from host.comfy_harness import start_server as start
+    from host.test_downloads import publish
+
+    with FakeHub() as hub:
+        publish(hub, tmp_path / "hub")
+        env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"))
+        srv = start(comfyui_path, tmp_path / "base", env=env)
+        p = Page(browser, srv)
+        try:
+            loader = p.load("dpir_restore")["DPIRModelLoader"][0]
+            p.page.wait_for_function("""(id) => app.graph.getNodeById(id).widgets.some(w => w.element?.querySelector?.('.dpir-guidance-download'))""",
+                                     arg=loader, timeout=15_000)
+            p.focus(loader, 1.0)
+            p.shot("guidance_download_button")
+            p.page.evaluate("""(id) => app.graph.getNodeById(id).widgets.map(w => w.element?.querySelector?.('.dpir-guidance-download'))
+                               .find(Boolean).click()""", loader)
+            p.page.wait_for_function("""(id) => !app.graph.getNodeById(id).widgets.some(w => w.element?.matches?.('.dpir-guidance'))""",
+                                     arg=loader, timeout=120_000)
+            assert (srv.models_dir / "dpir" / "transformer" / "config.json").is_file()
+            assert "transformer/diffusion_pytorch_model.safetensors" in srv.models("dpir")
+            fetched = {d.split("/resolve/")[1].split("/", 1)[1] for d in hub.downloads()}
+            assert fetched == {"checkpoints/transformer/config.json",
+                               "checkpoints/transformer/diffusion_pytorch_model.safetensors"}
+        finally:
+            p.close()
+            srv.stop()

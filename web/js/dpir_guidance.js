@@ -60,9 +60,10 @@ function panelFor(node, name, kinds, why) {
 // One click: the server fetches this kind of the pack's table (POST /dpir/download, nodes/downloads.py; it takes
 // table kinds only) and reports progress as 'dpir.download' events; the lists are refreshed when it is done.
 function downloadRow(kind) {
-  const status = el('span', { className: 'dpir-guidance-status', style: { marginLeft: '6px' } })
+  const status = el('span', { className: 'dpir-guidance-status', style: { marginLeft: '4px' } })
   const button = el('button', { className: 'dpir-guidance-download', textContent: 'Download',
-    style: { font: '10.5px sans-serif', padding: '0 6px', cursor: 'pointer' } })
+    title: 'fetch this file from Hugging Face into the folder (POST /dpir/download)',
+    style: { font: '10px sans-serif', padding: '0 5px', lineHeight: '12px', cursor: 'pointer' } })
   const onProgress = (e) => {
     const d = e.detail || {}
     if (d.kind === kind && d.total) status.textContent = `${d.file}: ${Math.floor((100 * d.done) / d.total)} %`
@@ -92,7 +93,8 @@ function downloadRow(kind) {
       api.removeEventListener('dpir.download', onProgress)
     }
   }
-  return el('div', { style: { marginTop: '2px' } }, [button, status])
+  // floats beside the 'into:' line, so the panel needs no extra line (the shipped layouts leave no room for one)
+  return el('div', { className: 'dpir-guidance-action', style: { float: 'right', marginTop: '-14px' } }, [button, status])
 }
 
 // height the panel needs at the node's width (10.5 px sans-serif: ~5.8 px per character, 13.65 px per line)
@@ -103,7 +105,6 @@ function panelHeight(node, name, kinds) {
   for (const k of kinds) {
     const f = payload.files[k]
     n += lines(`file: ${f.expected}`) + lines(`from: ${f.source}`) + lines(`into: ComfyUI/models/${f.folder}/`)
-    if (f.hub) n += 1.6 // the Download button
   }
   return Math.ceil(n * 13.65 + 12 + 8 * kinds.length)
 }
