@@ -421,6 +421,7 @@ class PromptRejected(Exception):
 
 
 async def download(client: Client, kinds: list[str]) -> dict:
+    import aiohttp
     from tqdm import tqdm
 
     print(f"fetching models: {', '.join(kinds)}", file=sys.stderr)
@@ -432,7 +433,7 @@ async def download(client: Client, kinds: list[str]) -> dict:
                 msg = await client.ws.receive(timeout=0.5)
             except asyncio.TimeoutError:
                 continue
-            if msg.type != 1:  # aiohttp.WSMsgType.TEXT
+            if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             event = json.loads(msg.data)
             data = event.get("data") or {}

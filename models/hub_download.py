@@ -67,9 +67,9 @@ class Plan:
     names: list[str] = field(default_factory=list)  # what the loader lists afterwards
 
     def todo(self) -> list[tuple[RemoteFile, str]]:
-        """Files not yet in place (a file of the right size counts as in place)."""
-        return [(r, n) for r, n in self.files
-                if not ((self.folder / n).is_file() and (r.size is None or (self.folder / n).stat().st_size == r.size))]
+        """Files not yet in place. A file that exists is never replaced: this downloader leaves nothing
+        unverified under a final name, so an existing file was put there on purpose (or by an earlier run)."""
+        return [(r, n) for r, n in self.files if not (self.folder / n).exists()]
 
     def bytes_needed(self) -> int:
         return sum(r.size or 0 for r, _ in self.todo())
@@ -242,8 +242,8 @@ def plan_source(kind: str, source: dict, folder: Path, token: str | None = None)
                                 f"({len(files)} files listed)")
         chosen = [(r, _safe_local(n)) for r, n in chosen]
         plan = Plan(kind, repo, revision, Path(folder), chosen)
-        if plan.todo() or gated:
-            _check_access(repo, revision, chosen[0][0].path, token)  # a gated repo refuses here, before any download
+        if plan.todo():
+            _check_access(repo, revision, plan.todo()[0][0].path, token)  # a gated repo refuses here, before a byte
     except DownloadError:
         raise
     except Exception as e:  # the Hub client's errors, network errors

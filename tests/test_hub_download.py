@@ -197,3 +197,21 @@ def test_a_file_in_the_hugging_face_cache_is_not_downloaded_again(hub, tmp_path)
     hd.download(plan)
     assert len(hub.downloads()) == n == 1
     assert (tmp_path / "dpir" / "dpir.safetensors").read_bytes() == src.read_bytes()
+
+
+def test_a_file_put_there_by_hand_is_kept(hub, tmp_path):
+    """The SD3 VAE placed by hand and no token: nothing is fetched, and the alternative never replaces it."""
+    sd3 = tmp_path / "sd3"
+    tm.write_vae_folder(sd3 / "vae", SPEC)
+    hub.add_folder("stabilityai/stable-diffusion-3-medium-diffusers", sd3, gated=True)
+    tm.write_vae_folder(tmp_path / "dpir" / "robust_vae", SPEC, robust=True)
+    hub.add_folder("DehongKong/dpir", tmp_path / "dpir")
+    mine = tm.write_vae_file(tmp_path / "models" / "vae" / "sd3_vae.safetensors", SPEC, naming="ldm")
+    before = mine.read_bytes()
+    sources = [{"repo": "stabilityai/stable-diffusion-3-medium-diffusers",
+                "files": {"vae/diffusion_pytorch_model.safetensors": "sd3_vae.safetensors"}},
+               {"repo": "DehongKong/dpir", "pick": "robust_vae", "single": "sd3_vae.safetensors"}]
+    plan = hd.plan_kind("sd3_vae", sources, mine.parent)
+    assert plan.repo.startswith("stabilityai/") and plan.todo() == []
+    hd.download(plan)
+    assert mine.read_bytes() == before and not hub.downloads()
