@@ -142,8 +142,10 @@ class Page:
 
     def __init__(self, browser, srv):
         self.srv = srv
-        # a fresh user: no template dialog on start, no minimap over the canvas
-        srv.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
+        # a fresh user: no template dialog on start, no minimap over the canvas; no missing-models dialog over the
+        # canvas either (the workflows' model links list T5-XXL, which these servers replace by an embedding file)
+        srv.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                               "Comfy.Workflow.ShowMissingModelsWarning": False})
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
         self.errors = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
