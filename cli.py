@@ -1,34 +1,55 @@
-"""Restore one photo headlessly: runs workflows/dpir_restore.json inside the host ComfyUI.
+"""Restore photos in batch with DPIR through ComfyUI's HTTP API; fetch the models with one command.
 
-    python custom_nodes/ComfyUI-DPIR/cli.py photo.jpg -o restored.png [--steps 28] [--seed 0]
+    python custom_nodes/ComfyUI-DPIR/cli.py --download                      # get the models
+    python custom_nodes/ComfyUI-DPIR/cli.py photos/ -r -o restored/          # restore a folder (recursive)
+    python custom_nodes/ComfyUI-DPIR/cli.py a.jpg "scans/*.png" -o out/ --server http://127.0.0.1:8188
 
-ComfyUI is found via --comfyui, $COMFYUI_PATH, the folders above this pack
-(ComfyUI/custom_nodes/ComfyUI-DPIR) or ~/comfy/ComfyUI. Models are read
-from that ComfyUI's model folders (and its extra_model_paths.yaml); when a
-file is missing the CLI says which file, where it comes from and which
-folder it goes in, and exits with status 2.
+Without --server it starts a headless ComfyUI on 127.0.0.1 (found via --comfyui, $COMFYUI_PATH, the folders
+above this pack, or ~/comfy/ComfyUI) and stops it at the end; with --server it uses a running one, so the
+models it already holds are reused. One prompt per image through /prompt, progress from the websocket,
+results from /history and /view; the models stay loaded between images. Next to each output goes a JSON
+sidecar with the settings, seed, workflow and the model files' sha256. Outputs that exist are skipped unless
+--overwrite. An unreadable image is reported and the batch goes on; the exit status is 1 if any image
+failed, 2 if nothing could run (no ComfyUI, models missing).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import importlib.util
+import io
 import json
 import os
-import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent
 PACK_NAME = "ComfyUI-DPIR"
-# loader input → the MODEL_FILES entry that explains it
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+WORKFLOWS = {"restore": "dpir_restore", "large": "dpir_restore_large"}
+TILE = 1024  # px: what one tile of the official setting holds; 'auto' tiles above it
+# loader input → the MODEL_FILES kind behind it (CLIP vision: the local tower unless it feeds 'summary')
 MODEL_INPUTS = {("DPIRModelLoader", "transformer"): "dpir_transformer",
                 ("DPIRRobustVAELoader", "robust_vae"): "robust_vae",
                 ("VAELoader", "vae_name"): "sd3_vae",
                 ("DPIRCLIPVisionLoader", "clip_name"): "clip_vision_local",
                 ("CLIPLoader", "clip_name"): "t5xxl",
                 ("DPIRT5TextPrompt", "t5_embedding"): "t5_embedding"}
+BASE_KINDS = ["dpir_transformer", "robust_vae", "sd3_vae", "clip_vision_local", "clip_vision_summary"]
+
+
+class SetupError(Exception):
+    """Nothing can run: the message says why and what to do (exit status 2)."""
+
+
+# ---------------------------------------------------------------- finding and starting ComfyUI
 
 
 def is_comfyui(path: Path) -> bool:
@@ -51,64 +72,189 @@ def find_comfyui(explicit: str | None = None) -> tuple[Path | None, str]:
     return None, "no ComfyUI found: set COMFYUI_PATH, pass --comfyui, or install the pack in ComfyUI/custom_nodes"
 
 
-class _Server:
-    """The little of PromptServer that PromptExecutor uses: progress goes to stderr."""
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
+def host_flags(host: Path) -> set[str]:
+    """The command-line flags this ComfyUI knows (read from its comfy/cli_args.py, not from its version)."""
+    try:
+        text = (host / "comfy" / "cli_args.py").read_text(errors="replace")
+    except OSError:
+        return set()
+    import re
 
-    def send_sync(self, event, data, sid=None):
-        if event == "executing" and data.get("node"):
-            print(f"  running node {data['node']}", file=sys.stderr)
+    return set(re.findall(r"""add_argument\(\s*["'](--[\w-]+)""", text))
 
 
-def object_info(mappings) -> dict:
-    out = {}
-    for name, cls in mappings.items():
-        try:
-            out[name] = {"input": cls.INPUT_TYPES(), "output": list(getattr(cls, "RETURN_TYPES", ())),
-                         "output_name": list(getattr(cls, "RETURN_NAMES", None) or getattr(cls, "RETURN_TYPES", ()))}
-        except Exception:  # a node pack we do not use may fail here; it cannot be in our workflow
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pack_installed(host: Path, base: Path | None) -> bool:
+    for root in filter(None, (host / "custom_nodes", base and base / "custom_nodes")):
+        if root.is_dir() and any(p.resolve() == PACK_ROOT for p in root.iterdir() if p.is_dir()):
+            return True
+    return False
+
+
+class Headless:
+    """A ComfyUI started for this batch on 127.0.0.1 (stopped by stop())."""
+
+    def __init__(self, host: Path, cpu: bool, base: Path | None, extra_paths: Path | None, online: bool):
+        flags = host_flags(host)
+        self.tmp = Path(tempfile.mkdtemp(prefix="dpir-cli-"))
+        self.port = _free_port()
+        cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port)]
+        if "--disable-auto-launch" in flags:
+            cmd.append("--disable-auto-launch")
+        # API nodes are not needed; newer hosts call the switch --offline (--disable-api-nodes is its old name).
+        # A download (--download) needs the network, so the switch stays off then.
+        if not online:
+            cmd += ["--offline"] if "--offline" in flags else (["--disable-api-nodes"] if "--disable-api-nodes" in flags else [])
+        if cpu:
+            cmd.append("--cpu")
+        if base is not None:
+            if "--base-directory" not in flags:
+                raise SetupError(f"this ComfyUI ({host}) has no --base-directory option")
+            for sub in ("custom_nodes", "input", "output", "temp", "user", "models"):  # ComfyUI expects them
+                (base / sub).mkdir(parents=True, exist_ok=True)
+            cmd += ["--base-directory", str(base)]
+        configs = [extra_paths] if extra_paths else []
+        if not _pack_installed(host, base):  # the pack is not in custom_nodes: make ComfyUI load this checkout
+            (self.tmp / "custom_nodes").mkdir()
+            os.symlink(PACK_ROOT, self.tmp / "custom_nodes" / PACK_NAME, target_is_directory=True)
+            yaml = self.tmp / "dpir_cli_paths.yaml"
+            yaml.write_text(json.dumps({"dpir_cli": {"custom_nodes": str(self.tmp / "custom_nodes")}}))
+            configs.append(yaml)
+        for c in configs:
+            cmd += ["--extra-model-paths-config", str(c)]
+        self.log_path = self.tmp / "comfyui.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=host, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- inputs and outputs
+
+
+def collect(args_inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """([(image, its path relative to the output folder)], [(argument, why it gave nothing)])."""
+    found, problems = [], []
+    for arg in args_inputs:
+        p = Path(arg).expanduser()
+        if p.is_dir():
+            walk = p.rglob("*") if recursive else p.glob("*")
+            files = sorted(f for f in walk if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found += [(f, f.relative_to(p)) for f in files]
+            if not files:
+                problems.append((arg, "no images in this folder" + ("" if recursive else " (use -r for sub-folders)")))
+        elif p.is_file():
+            found.append((p, Path(p.name)))
+        else:
+            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            found += [(m, Path(m.name)) for m in matches]
+            if not matches:
+                problems.append((arg, "no such file, folder or matching file"))
+    seen, out = set(), []
+    for image, rel in found:
+        if image.resolve() in seen:
             continue
-    return out
+        seen.add(image.resolve())
+        out.append((image, rel))
+    return out, problems
 
 
-def start_host(host: Path, cpu: bool, extra_paths: Path | None = None):
-    import torch
-
-    cpu = cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    sys.argv = ["main.py", "--disable-api-nodes"] + (["--cpu"] if cpu else [])
-    sys.path.insert(0, str(host))
-    os.chdir(host)
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
-    import utils.extra_config  # before the rest, as main.py does: later imports shadow ComfyUI's 'utils'
-    import folder_paths
-    import nodes
-
-    for extra in (host / "extra_model_paths.yaml", extra_paths):
-        if extra is not None and extra.exists():
-            utils.extra_config.load_extra_path_config(str(extra))
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(PACK_ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = pack
-    spec.loader.exec_module(pack)
-    nodes.NODE_CLASS_MAPPINGS.update(pack.NODE_CLASS_MAPPINGS)
-    return nodes, folder_paths, pack
+def output_paths(items: list[tuple[Path, Path]], out: Path, single_file: bool) -> list[Path]:
+    if single_file:
+        return [out]
+    paths, used = [], set()
+    for _, rel in items:
+        target = out / rel.with_suffix(".png")
+        if target in used:  # photo.jpg and photo.png in one folder
+            target = out / rel.with_name(f"{rel.stem}_{rel.suffix[1:]}.png")
+        used.add(target)
+        paths.append(target)
+    return paths
 
 
-def build_prompt(args, mappings, image_name: str) -> dict:
-    wa = importlib.util.spec_from_file_location("dpir_workflow_api", PACK_ROOT / "nodes" / "workflow_api.py")
-    workflow_api = importlib.util.module_from_spec(wa)
-    wa.loader.exec_module(workflow_api)
-    ui = json.loads((PACK_ROOT / "workflows" / "dpir_restore.json").read_text())
-    api = workflow_api.ui_to_api(ui, object_info(mappings))
+def prepare_image(path: Path) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes to upload, file name, (width, height)); ValueError if it is not a readable image.
+
+    16-bit and float greyscale images are scaled to 8-bit RGB here: ComfyUI's Load Image clips them.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            size = img.size
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                import numpy as np
+
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(arr).convert("RGB").save(buf, format="PNG")
+                return buf.getvalue(), path.stem + ".png", size
+    except Exception as e:  # PIL raises many kinds for broken files
+        raise ValueError(f"not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
+    return path.read_bytes(), path.name, size
+
+
+def choose_workflow(choice: str, size: tuple[int, int], args) -> str:
+    if choice != "auto":
+        return WORKFLOWS[choice]
+    long_side = max(size) * args.scale if args.scale else args.long_side
+    return WORKFLOWS["large" if long_side > TILE else "restore"]
+
+
+# ---------------------------------------------------------------- the prompt
+
+
+def _workflow_api():
+    spec = importlib.util.spec_from_file_location("dpir_workflow_api", PACK_ROOT / "nodes" / "workflow_api.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def summary_loaders(api: dict) -> set[str]:
+    return {str(n["inputs"].get("clip_vision_summary", [None])[0]) for n in api.values()
+            if n["class_type"] in ("DPIRVisualPrompt", "DPIRTiledPrompt")}
+
+
+def build_prompt(ui: dict, object_info: dict, args, image_name: str, models: dict[str, str]) -> dict:
+    """The workflow in API format with this run's settings; ``models``: kind → file name to use."""
+    api = _workflow_api().ui_to_api(ui, object_info)
+    summary = summary_loaders(api)
     for nid, node in list(api.items()):
         c, inputs = node["class_type"], node["inputs"]
+        for (cls, name), kind in MODEL_INPUTS.items():
+            if c == cls and name in inputs:
+                kind = "clip_vision_summary" if nid in summary and kind == "clip_vision_local" else kind
+                if kind in models:
+                    inputs[name] = models[kind]
         if c == "LoadImage":
             inputs["image"] = image_name
         elif c == "DPIRRobustVAEEncode":
@@ -123,35 +269,214 @@ def build_prompt(args, mappings, image_name: str) -> dict:
             if args.t5_embedding:
                 inputs["t5_embedding"] = args.t5_embedding
                 inputs.pop("clip", None)
-        elif c == "SaveImage":
-            inputs["filename_prefix"] = f"dpir_cli_{uuid.uuid4().hex[:8]}"
+        elif c == "SaveImage":  # the result comes back through /view; nothing stays in ComfyUI's output folder
+            node["class_type"], node["inputs"] = "PreviewImage", {"images": inputs["images"]}
     if args.t5_embedding:
         for nid in [k for k, v in api.items() if v["class_type"] == "CLIPLoader"]:
             del api[nid]
     return api
 
 
-def missing_models(api, errors, guidance) -> list[str]:
-    summary = {str(n["inputs"].get("clip_vision_summary", [None])[0]) for n in api.values()
-               if n["class_type"] == "DPIRVisualPrompt"}
-    lines = []
-    for nid, ne in errors.items():
+def used_models(api: dict) -> dict[str, str]:
+    """kind → file name the prompt's loaders name."""
+    summary, out = summary_loaders(api), {}
+    for nid, node in api.items():
+        for (cls, name), kind in MODEL_INPUTS.items():
+            value = node["inputs"].get(name)
+            if node["class_type"] == cls and isinstance(value, str) and value != "none":
+                out["clip_vision_summary" if nid in summary and kind == "clip_vision_local" else kind] = value
+    return out
+
+
+def missing_models(api: dict, errors: dict, guidance: dict) -> list[str]:
+    summary, lines = summary_loaders(api), []
+    for nid, ne in (errors or {}).items():
         for e in ne.get("errors", []):
             name = e.get("extra_info", {}).get("input_name")
-            kind = MODEL_INPUTS.get((api[nid]["class_type"], name))
+            kind = MODEL_INPUTS.get((api.get(nid, {}).get("class_type"), name))
             if kind == "clip_vision_local" and nid in summary:
                 kind = "clip_vision_summary"
             if kind and e.get("type") == "value_not_in_list":
                 lines.append(f"- {api[nid]['class_type']}.{name} = {api[nid]['inputs'][name]!r} is missing. "
-                             + guidance(kind))
+                             + guidance.get(kind, ""))
     return lines
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Restore a photo with DPIR inside ComfyUI (workflows/dpir_restore.json).")
-    ap.add_argument("image", type=Path)
-    ap.add_argument("-o", "--output", type=Path, required=True, help="where to write the restored PNG")
-    ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, the folders above, ~/comfy/ComfyUI)")
+# ---------------------------------------------------------------- talking to ComfyUI
+
+
+class Client:
+    def __init__(self, session, url: str):
+        self.http, self.url, self.client_id = session, url.rstrip("/"), uuid.uuid4().hex
+        self.ws = None
+
+    async def json(self, method: str, path: str, body=None, timeout: float = 60):
+        import aiohttp
+
+        async with self.http.request(method, self.url + path, json=body,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            try:
+                data = await r.json(content_type=None)
+            except ValueError:
+                data = (await r.text())[:2000]
+            return r.status, data
+
+    async def wait_up(self, proc: Headless | None, timeout: float = 300):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, _ = await self.json("GET", "/system_stats", timeout=5)
+                if status == 200:
+                    return
+            except Exception:  # not listening yet
+                pass
+            if proc is not None and proc.proc.poll() is not None:
+                raise SetupError(f"ComfyUI exited during start-up (code {proc.proc.returncode}):\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise SetupError(f"ComfyUI at {self.url} did not answer within {timeout:.0f} s"
+                                 + (f":\n{proc.log_tail()}" if proc else ""))
+            await asyncio.sleep(0.5)
+
+    async def connect(self):
+        self.ws = await self.http.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=30)
+
+    async def events(self, timeout: float):
+        """Yield JSON websocket messages (binary previews are skipped) until ``timeout`` passes without one."""
+        import aiohttp
+
+        while True:
+            try:
+                msg = await self.ws.receive(timeout=timeout)
+            except asyncio.TimeoutError:
+                yield None
+                continue
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                yield json.loads(msg.data)
+            elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                raise SetupError("ComfyUI closed the websocket (did the server stop?)")
+
+    async def upload(self, data: bytes, name: str) -> str:
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=f"{uuid.uuid4().hex[:8]}_{name}")
+        form.add_field("subfolder", "dpir_cli")
+        form.add_field("type", "input")
+        form.add_field("overwrite", "true")
+        async with self.http.post(self.url + "/upload/image", data=form) as r:
+            body = await r.json(content_type=None)
+            if r.status != 200:
+                raise SetupError(f"upload to {self.url} failed: HTTP {r.status} {body}")
+        return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+
+    async def view(self, image: dict) -> bytes:
+        params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": image["type"]}
+        async with self.http.get(self.url + "/view", params=params) as r:
+            if r.status != 200:
+                raise RuntimeError(f"GET /view {image['filename']}: HTTP {r.status}")
+            return await r.read()
+
+
+def execution_error(entry: dict) -> str | None:
+    status = entry.get("status") or {}
+    if status.get("status_str") == "success":
+        return None
+    for event, data in status.get("messages") or []:
+        if event == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_message', '').strip()}"
+        if event == "execution_interrupted":
+            return "interrupted"
+    return "the prompt did not finish"
+
+
+async def run_prompt(client: Client, api: dict, bar) -> dict:
+    """Queue ``api``; follow its progress on the websocket; its history entry when done."""
+    status, body = await client.json("POST", "/prompt", {"prompt": api, "client_id": client.client_id})
+    if status != 200:
+        raise PromptRejected(body)
+    pid = body["prompt_id"]
+    async for event in client.events(timeout=2.0):
+        if event is not None:
+            kind, data = event.get("type"), event.get("data") or {}
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if kind == "progress" and bar is not None:
+                bar.set_postfix_str(f"step {data.get('value')}/{data.get('max')}")
+            if not ((kind == "executing" and data.get("node") is None and data.get("prompt_id") == pid)
+                    or kind in ("execution_success", "execution_error", "execution_interrupted")):
+                continue
+        # done (or a quiet moment): the history entry appears when the prompt has finished
+        status, hist = await client.json("GET", f"/history/{pid}")
+        if status == 200 and isinstance(hist, dict) and pid in hist:
+            return hist[pid]
+
+
+class PromptRejected(Exception):
+    def __init__(self, body):
+        self.body = body
+        super().__init__(str(body))
+
+
+# ---------------------------------------------------------------- download
+
+
+async def download(client: Client, kinds: list[str]) -> dict:
+    import aiohttp
+    from tqdm import tqdm
+
+    print(f"fetching models: {', '.join(kinds)}", file=sys.stderr)
+    task = asyncio.ensure_future(client.json("POST", "/dpir/download", {"kinds": kinds}, timeout=24 * 3600))
+    bars = {}
+    try:
+        while not task.done():
+            try:
+                msg = await client.ws.receive(timeout=0.5)
+            except asyncio.TimeoutError:
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            event = json.loads(msg.data)
+            data = event.get("data") or {}
+            if event.get("type") != "dpir.download" or "file" not in data:
+                continue
+            key = (data["kind"], data["file"])
+            if key not in bars:
+                bars[key] = tqdm(total=data["total"], unit="B", unit_scale=True, desc=f"{data['kind']}: {data['file']}"[-60:],
+                                 file=sys.stderr)
+            bars[key].n = data["done"]
+            bars[key].refresh()
+    finally:
+        for b in bars.values():
+            b.close()
+    status, body = await task
+    if status != 200:
+        raise SetupError(f"POST /dpir/download: HTTP {status}: {body}")
+    results = body["results"]
+    for kind, r in results.items():
+        print(f"  {kind}: " + (f"{', '.join(r['names'])} in models/{r['folder']}/ (from {r['repo']}"
+                               f"{'' if r['downloaded'] else ', already there'})" if r["ok"] else "FAILED\n    "
+                               + r["error"].replace("\n", "\n    ")), file=sys.stderr)
+    return results
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="Restore photos with DPIR through ComfyUI's HTTP API.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("inputs", nargs="*", help="images, folders or glob patterns ('scans/**/*.png')")
+    ap.add_argument("-o", "--output", type=Path, help="output folder (or one .png file for a single input)")
+    ap.add_argument("-r", "--recursive", action="store_true", help="also restore images in sub-folders of a folder")
+    ap.add_argument("--workflow", choices=["restore", "large", "auto"], default="auto",
+                    help="restore: one 1024 px piece (official); large: tiled, for 2K-8K; auto: tiled above 1024 px")
+    ap.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
+    ap.add_argument("--download", action="store_true", help="fetch missing model files from Hugging Face first")
+    ap.add_argument("--server", help="a running ComfyUI, e.g. http://127.0.0.1:8188 (default: start one)")
+    ap.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_PATH, the folders above, ~/comfy/ComfyUI)")
+    ap.add_argument("--base-directory", type=Path, help="ComfyUI base directory (models, input, output) for the started ComfyUI")
+    ap.add_argument("--extra-model-paths", type=Path, help="an extra_model_paths.yaml for the started ComfyUI")
+    ap.add_argument("--cpu", action="store_true", help="run the started ComfyUI on the CPU (slow)")
     ap.add_argument("--long-side", type=int, default=1024, help="output long side in pixels (official: 1024)")
     ap.add_argument("--scale", type=float, help="upscale factor instead of --long-side")
     ap.add_argument("--steps", type=int, default=28)
@@ -159,46 +484,143 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt", default="a high-quality, sharp, detailed photo", help="T5 text prompt")
     ap.add_argument("--t5-embedding", help="a T5 embedding file in models/dpir to use instead of T5-XXL")
-    ap.add_argument("--extra-model-paths", type=Path, help="an extra_model_paths.yaml (besides the host's own)")
-    ap.add_argument("--cpu", action="store_true", help="run on the CPU (slow)")
     args = ap.parse_args(argv)
-    if not args.image.is_file():
-        print(f"error: {args.image} is not a file", file=sys.stderr)
-        return 2
-    comfy, how = find_comfyui(args.comfyui)
-    if comfy is None:
-        print(f"error: {how}", file=sys.stderr)
-        return 2
-    image = args.image.resolve()
-    output = args.output.resolve()
-    nodes, folder_paths, pack = start_host(comfy, args.cpu, args.extra_model_paths and args.extra_model_paths.resolve())
-    import execution
+    if args.inputs and args.output is None:
+        ap.error("give an output folder with -o")
+    if not args.inputs and not args.download:
+        ap.error("give images to restore, or --download to fetch the models")
+    return args
 
-    folder_paths.set_input_directory(str(image.parent))
-    api = build_prompt(args, nodes.NODE_CLASS_MAPPINGS, image.name)
-    ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), api, None))
-    if not ok:
-        from importlib import import_module
 
-        guidance = import_module(f"{PACK_NAME}.nodes.model_files").guidance
-        lines = missing_models(api, node_errors, guidance)
-        print("error: " + ("the models below are missing:\n" + "\n".join(lines) if lines
-                           else json.dumps(node_errors or error, indent=1)), file=sys.stderr)
+def pack_version() -> str:
+    import re
+
+    m = re.search(r'^version\s*=\s*"([^"]+)"', (PACK_ROOT / "pyproject.toml").read_text(), re.M)
+    return m.group(1) if m else "unknown"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+async def batch(args, jobs, server: Headless | None, url: str) -> tuple[int, list]:
+    import aiohttp
+    from tqdm import tqdm
+
+    failed: list[tuple[Path, str]] = []
+    done = 0
+    async with aiohttp.ClientSession() as http:
+        client = Client(http, url)
+        await client.wait_up(server)
+        await client.connect()
+        models: dict[str, str] = {}
+        if args.download:
+            kinds = BASE_KINDS + (["t5_embedding"] if args.t5_embedding else ["t5xxl"])
+            results = await download(client, kinds)
+            bad = [k for k, r in results.items() if not r["ok"]]
+            if bad:
+                raise SetupError(f"could not fetch {', '.join(bad)} (see above)")
+            models = {k: r["names"][0] for k, r in results.items() if k != "t5_embedding" and r["names"]}
+        if not jobs:
+            return done, failed
+        _, object_info = await client.json("GET", "/object_info", timeout=300)
+        _, files = await client.json("GET", "/dpir/model_files")
+        guidance = (files or {}).get("guidance", {}) if isinstance(files, dict) else {}
+        hashes = None
+        bar = tqdm(total=len(jobs), unit="image", file=sys.stderr, dynamic_ncols=True)
+        for image, out in jobs:
+            bar.set_description(image.name[-30:])
+            try:
+                data, name, size = prepare_image(image)
+            except (ValueError, OSError) as e:  # it changed since it was checked
+                failed.append((image, str(e)))
+                bar.update(1)
+                continue
+            workflow = choose_workflow(args.workflow, size, args)
+            ui = json.loads((PACK_ROOT / "workflows" / f"{workflow}.json").read_text())
+            api = build_prompt(ui, object_info, args, await client.upload(data, name), models)
+            try:
+                entry = await run_prompt(client, api, bar)
+            except PromptRejected as e:
+                lines = missing_models(api, (e.body or {}).get("node_errors") if isinstance(e.body, dict) else {},
+                                       guidance)
+                bar.close()
+                if lines:
+                    raise SetupError("the models below are missing (python cli.py --download fetches them):\n"
+                                     + "\n".join(lines)) from None
+                raise SetupError(f"ComfyUI refused the prompt: {json.dumps(e.body)[:3000]}") from None
+            err = execution_error(entry)
+            images = [i for o in (entry.get("outputs") or {}).values() for i in o.get("images") or []]
+            if err is None and not images:
+                err = "the workflow gave no image"
+            if err is not None:
+                failed.append((image, err))
+                bar.update(1)
+                continue
+            if hashes is None:
+                status, hashes = await client.json("POST", "/dpir/model_hashes", used_models(api), timeout=3600)
+                hashes = hashes if status == 200 else {"error": hashes}
+            atomic_write(out, await client.view(images[0]))
+            sidecar = {"input": str(image), "output": str(out), "workflow": f"workflows/{workflow}.json",
+                       "settings": {"seed": args.seed, "steps": args.steps, "cfg": args.cfg, "long_side": args.long_side,
+                                    "scale": args.scale, "prompt": args.prompt, "t5_embedding": args.t5_embedding},
+                       "input_size": list(size), "models": hashes, "pack_version": pack_version(),
+                       "prompt": api}
+            atomic_write(out.with_suffix(".json"), json.dumps(sidecar, indent=1).encode())
+            done += 1
+            bar.update(1)
+        bar.close()
+    return done, failed
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    items, problems = collect(args.inputs, args.recursive)
+    single = bool(args.output and args.output.suffix.lower() == ".png" and len(items) == 1 and len(args.inputs) == 1)
+    outs = output_paths(items, args.output, single) if items else []
+    jobs = [(i, o) for (i, _), o in zip(items, outs)]
+    skipped = [] if args.overwrite else [(i, o) for i, o in jobs if o.exists()]
+    jobs = [j for j in jobs if j not in skipped]
+    failed = [(Path(a), why) for a, why in problems]
+    readable = []
+    for image, out in jobs:  # unreadable images are reported without starting ComfyUI for them
+        try:
+            prepare_image(image)
+            readable.append((image, out))
+        except ValueError as e:
+            failed.append((image, str(e)))
+    jobs, server, done = readable, None, 0
+    try:
+        if jobs or args.download:
+            url = args.server
+            if url is None:
+                host, how = find_comfyui(args.comfyui)
+                if host is None:
+                    raise SetupError(how)
+                import torch
+
+                cpu = args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+                print(f"starting ComfyUI ({host}) on 127.0.0.1 ...", file=sys.stderr)
+                server = Headless(host, cpu, args.base_directory and args.base_directory.resolve(),
+                                  args.extra_model_paths and args.extra_model_paths.resolve(), online=args.download)
+                url = server.url
+            done, more = asyncio.run(batch(args, jobs, server, url))
+            failed += more
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    executor = execution.PromptExecutor(_Server(), cache_type=False)
-    executor.execute(api, str(uuid.uuid4()), {}, outputs)
-    if not executor.success:
-        failed = [d for e, d in executor.status_messages if e == "execution_error"]
-        msg = failed[0] if failed else {}
-        print(f"error in node {msg.get('node_type')} #{msg.get('node_id')}: {msg.get('exception_message')}",
+    finally:
+        if server is not None:
+            server.stop()
+    if args.inputs:
+        print(f"restored {done}, skipped {len(skipped)} (output exists; --overwrite to redo), failed {len(failed)}",
               file=sys.stderr)
-        return 1
-    saved = [img for out in executor.history_result["outputs"].values() for img in out.get("images", [])]
-    src = Path(folder_paths.get_output_directory(), saved[0].get("subfolder", ""), saved[0]["filename"])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(output))
-    print(f"wrote {output}")
-    return 0
+        for image, why in failed:
+            print(f"  FAILED {image}: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,3 +11,5 @@ for _name in _MODULES:
     _mod = importlib.import_module(f".{_name}", __name__)
     NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
+
+from . import downloads  # noqa: E402,F401  (its routes: POST /dpir/download, /dpir/model_hashes)

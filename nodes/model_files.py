@@ -16,6 +16,12 @@ from .compat import path_config_name
 
 DPIR_FOLDER = "dpir"
 DPIR_EXTENSIONS = set(WEIGHT_SUFFIXES) | {".json"}
+DPIR_REPO = "DehongKong/dpir"
+
+# "hub": where the downloader (models/hub_download.py) may fetch a kind, in order of preference. "pick" chooses
+# by layout from the repository's file list (the release's exact file names may change); "files" maps repository
+# paths to the names the workflows use; "single" saves one weights file under that name. "workflow": the file
+# the shipped workflows name, with a direct URL for ComfyUI's missing-models dialog (tools/build_workflows.py).
 
 MODEL_FILES = {
     "dpir_transformer": {
@@ -24,6 +30,7 @@ MODEL_FILES = {
         "expected": "the 'transformer' folder of the DPIR reproduction checkpoints (config.json + "
                     "diffusion_pytorch_model*.safetensors), or one .safetensors/.pth made from it",
         "source": "Hugging Face: DehongKong/dpir (linked from github.com/kongdehong/DPIR)",
+        "hub": [{"repo": DPIR_REPO, "pick": "transformer"}],
     },
     "robust_vae": {
         "folder": DPIR_FOLDER,
@@ -31,36 +38,56 @@ MODEL_FILES = {
         "expected": "the robust VAE folder of the DPIR checkpoints (config.json + diffusion_pytorch_model.safetensors), "
                     "or its single file / encoder-only file",
         "source": "Hugging Face: DehongKong/dpir",
+        "hub": [{"repo": DPIR_REPO, "pick": "robust_vae"}],
     },
     "sd3_vae": {
         "folder": "vae",
         "what": "stock SD3 VAE (its decoder decodes DPIR's output)",
         "expected": "sd3_vae.safetensors (the 'vae' of Stable Diffusion 3 medium)",
         "source": "Hugging Face: stabilityai/stable-diffusion-3-medium (vae/diffusion_pytorch_model.safetensors)",
+        "hub": [{"repo": "stabilityai/stable-diffusion-3-medium-diffusers",
+                 "files": {"vae/diffusion_pytorch_model.safetensors": "sd3_vae.safetensors"},
+                 "note": "gated: accept the SD3 licence on its page"},
+                {"repo": DPIR_REPO, "pick": "robust_vae", "single": "sd3_vae.safetensors",
+                 "note": "alternative: the DPIR robust VAE's full file, whose decoder is SD3's own"}],
+        "workflow": {"name": "sd3_vae.safetensors", "url": "https://huggingface.co/stabilityai/"
+                     "stable-diffusion-3-medium-diffusers/resolve/main/vae/diffusion_pytorch_model.safetensors"},
     },
     "clip_vision_local": {
         "folder": "clip_vision",
         "what": "visual encoder 1 (local tokens): CLIP ViT-B/32 geometry in the released code",
         "expected": "clip_vit_b32.safetensors (model.safetensors of openai/clip-vit-base-patch32)",
         "source": "Hugging Face: openai/clip-vit-base-patch32",
+        "hub": [{"repo": "openai/clip-vit-base-patch32",
+                 "files": {"model.safetensors": "clip_vit_b32.safetensors", "config.json": "clip_vit_b32.json"}}],
+        "workflow": {"name": "clip_vit_b32.safetensors",
+                     "url": "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/model.safetensors"},
     },
     "clip_vision_summary": {
         "folder": "clip_vision",
         "what": "visual encoder 2 (image embeds): CLIP ViT-bigG/14",
         "expected": "clip_vision_g.safetensors (ComfyUI's CLIP-G vision model) or a ViT-bigG-14 open_clip file",
         "source": "Hugging Face: laion/CLIP-ViT-bigG-14-laion2B-39B-b160k, or comfyanonymous/clip_vision_g",
+        "hub": [{"repo": "comfyanonymous/clip_vision_g",
+                 "files": {"clip_vision_g.safetensors": "clip_vision_g.safetensors", "clip_vision_g.json": "clip_vision_g.json"}}],
+        "workflow": {"name": "clip_vision_g.safetensors",
+                     "url": "https://huggingface.co/comfyanonymous/clip_vision_g/resolve/main/clip_vision_g.safetensors"},
     },
     "t5xxl": {
         "folder": "text_encoders",
         "what": "T5-XXL text encoder (load with the core 'Load CLIP' node, type sd3)",
         "expected": "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors",
         "source": "Hugging Face: comfyanonymous/flux_text_encoders (or the SD3 text_encoders folder)",
+        "hub": [{"repo": "comfyanonymous/flux_text_encoders", "files": {"t5xxl_fp16.safetensors": "t5xxl_fp16.safetensors"}}],
+        "workflow": {"name": "t5xxl_fp16.safetensors",
+                     "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"},
     },
     "t5_embedding": {
         "folder": DPIR_FOLDER,
         "what": "precomputed T5 prompt embedding (optional; spares loading T5-XXL)",
         "expected": "a .safetensors or .pt holding one (1, 256, 4096) tensor",
         "source": "made with the 'DPIR Save T5 Embedding' node, or the DPIR release's default prompt embedding",
+        "hub": [{"repo": DPIR_REPO, "pick": "t5_embedding"}],
     },
     "caption_model": {
         "folder": "LLM",

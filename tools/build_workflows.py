@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import uuid
 from pathlib import Path
 
@@ -223,6 +224,19 @@ def dpir_restore_autoprompt(info):
     return g.ui()
 
 
+def model_links(ui: dict, model_files: dict) -> dict:
+    """ComfyUI's model metadata on the loaders: ``properties.models`` = [{name, url, directory}] for each
+    widget value that names a single-file model of ``MODEL_FILES`` with a known download URL. The frontend's
+    missing-models dialog reads it (the entries whose name is one of the node's widget values)."""
+    links = {f["workflow"]["name"]: {"name": f["workflow"]["name"], "url": f["workflow"]["url"], "directory": f["folder"]}
+             for f in model_files.values() if f.get("workflow")}
+    for node in ui["nodes"]:
+        models = [links[v] for v in node.get("widgets_values", []) if isinstance(v, str) and v in links]
+        if models:
+            node["properties"]["models"] = models
+    return ui
+
+
 WORKFLOWS = {"dpir_restore": dpir_restore, "dpir_prompt_ablation": dpir_prompt_ablation,
              "dpir_restore_large": dpir_restore_large, "dpir_restore_autoprompt": dpir_restore_autoprompt}
 
@@ -234,8 +248,12 @@ def main():
     a = ap.parse_args()
     info = json.loads(a.object_info.read_text())
     a.out.mkdir(exist_ok=True)
+    sys.path.insert(0, str(ROOT / "tools"))
+    from model_table import load_model_files
+
     for name, build in WORKFLOWS.items():
-        (a.out / f"{name}.json").write_text(json.dumps(build(info), indent=1) + "\n")
+        ui = model_links(build(info), load_model_files())
+        (a.out / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         print("wrote", a.out / f"{name}.json")
 
 

@@ -142,8 +142,10 @@ class Page:
 
     def __init__(self, browser, srv):
         self.srv = srv
-        # a fresh user: no template dialog on start, no minimap over the canvas
-        srv.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
+        # a fresh user: no template dialog on start, no minimap over the canvas; no missing-models dialog over the
+        # canvas either (the workflows' model links list T5-XXL, which these servers replace by an embedding file)
+        srv.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                               "Comfy.Workflow.ShowMissingModelsWarning": False})
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
         self.errors = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
@@ -554,3 +556,56 @@ def test_loaders_without_files_show_where_to_get_them(browser, start_server):
     finally:
         p.close()
         srv.stop()
+
+
+def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tmp_path):
+    """The loader's guidance has a Download button: one click, the server fetches the file from the (local) Hub,
+    the lists refresh and the guidance goes away."""
+    from fake_hub import FakeHub
+    from host.comfy_harness import start_server as start
+    from host.test_downloads import publish
+
+    with FakeHub() as hub:
+        publish(hub, tmp_path / "hub")
+        env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"))
+        srv = start(comfyui_path, tmp_path / "base", env=env)
+        p = Page(browser, srv)
+        try:
+            loader = p.load("dpir_restore")["DPIRModelLoader"][0]
+            p.page.wait_for_function("""(id) => app.graph.getNodeById(id).widgets.some(w => w.element?.querySelector?.('.dpir-guidance-download'))""",
+                                     arg=loader, timeout=15_000)
+            p.focus(loader, 1.0)
+            p.shot("guidance_download_button")
+            p.page.evaluate("""(id) => app.graph.getNodeById(id).widgets.map(w => w.element?.querySelector?.('.dpir-guidance-download'))
+                               .find(Boolean).click()""", loader)
+            p.page.wait_for_function("""(id) => !app.graph.getNodeById(id).widgets.some(w => w.element?.matches?.('.dpir-guidance'))""",
+                                     arg=loader, timeout=120_000)
+            assert (srv.models_dir / "dpir" / "transformer" / "config.json").is_file()
+            assert "transformer/diffusion_pytorch_model.safetensors" in srv.models("dpir")
+            fetched = {d.split("/resolve/")[1].split("/", 1)[1] for d in hub.downloads()}
+            assert fetched == {"checkpoints/transformer/config.json",
+                               "checkpoints/transformer/diffusion_pytorch_model.safetensors"}
+        finally:
+            p.close()
+            srv.stop()
+
+
+def test_missing_models_dialog_lists_the_workflow_links(browser, server):
+    """ComfyUI's own missing-models dialog reads the shipped workflow's model links: T5-XXL is not on this
+    server, so loading the workflow as it is lists it with its download link."""
+    p = Page(browser, server)
+    try:
+        p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', true) }")
+        wf = json.loads((WORKFLOWS / "dpir_restore.json").read_text())
+        p.page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'links') }", wf)
+        dialog = p.page.get_by_text("t5xxl_fp16.safetensors", exact=False).first
+        dialog.wait_for(timeout=15_000)
+        p.shot("missing_models_dialog")
+        # the files this server has are not listed; the one it lacks is (its name appears only in the dialog's
+        # DOM: the canvas draws widget values, it does not put them in the page's text)
+        text = p.page.inner_text("body")
+        assert "t5xxl_fp16.safetensors" in text and "clip_vision_g.safetensors" not in text
+    finally:
+        p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', false) }")
+        p.close()

@@ -1,6 +1,10 @@
-"""The headless CLI (cli.py): runs dpir_restore in-process in the host ComfyUI."""
+"""The batch CLI (cli.py): drives a headless ComfyUI it starts itself, through the HTTP API and websocket.
+
+Each run gets its own --base-directory, so nothing is written into the host ComfyUI's folders.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,52 +15,118 @@ import pytest
 from PIL import Image
 
 import tiny_models as tm
-from host.comfy_harness import PACK_ROOT
+from fake_hub import FakeHub
 
-SPEC = tm.TinySpec()
+from .comfy_harness import PACK_ROOT
+from .dpir_env import PROMPT_EMBEDDING, write_model_set, write_photo
+from .test_downloads import publish
+
+TINY = ["--long-side", "72", "--steps", "2", "--seed", "3", "--cpu"]
 
 
-def run_cli(comfyui_path, *args, timeout=600):
-    env = {**os.environ, "COMFYUI_PATH": str(comfyui_path), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(PACK_ROOT / "cli.py"), *map(str, args), "--cpu"], env=env,
+def run_cli(comfyui_path, *args, env=None, timeout=900):
+    env = {**os.environ, **(env or {}), "COMFYUI_PATH": str(comfyui_path), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(PACK_ROOT / "cli.py"), *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("in") / "photo.png"
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((64, 48), Image.BILINEAR).save(path)
-    return path
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    yaml = root / "paths.yaml"
+    yaml.write_text(json.dumps(write_model_set(root)))
+    return root, yaml
 
 
-def test_missing_models_are_listed_with_their_folders(comfyui_path, photo, tmp_path):
-    if (comfyui_path / "models" / "dpir").exists():
-        pytest.skip("this host has a models/dpir folder: the missing-model message cannot be checked here")
-    out = run_cli(comfyui_path, photo, "-o", tmp_path / "out.png")
-    assert out.returncode == 2, out.stderr[-2000:]
+def test_missing_models_are_listed_with_their_folders(comfyui_path, tmp_path):
+    photo = write_photo(tmp_path / "photo.png")
+    out = run_cli(comfyui_path, photo, "-o", tmp_path / "out", "--base-directory", tmp_path / "base", *TINY)
+    assert out.returncode == 2, out.stderr[-3000:]
     for needle in ("transformer/diffusion_pytorch_model.safetensors' is missing", "models/dpir/",
                    "DehongKong/dpir", "sd3_vae.safetensors' is missing", "models/vae/",
-                   "clip_vit_b32.safetensors' is missing", "models/clip_vision/", "t5xxl_fp16.safetensors"):
-        assert needle in out.stderr
-    assert not (tmp_path / "out.png").exists()
+                   "clip_vit_b32.safetensors' is missing", "models/clip_vision/", "t5xxl_fp16.safetensors",
+                   "cli.py --download"):
+        assert needle in out.stderr, needle
+    assert not (tmp_path / "out").exists()
 
 
-def test_cli_restores_with_tiny_models(comfyui_path, photo, tmp_path):
-    root = tmp_path / "models"
-    tm.write_transformer_folder(root / "dpir" / "transformer", SPEC)
-    tm.write_vae_folder(root / "dpir" / "robust_vae", SPEC, robust=True, full=True)
-    tm.write_t5_embedding(root / "dpir" / "prompt.safetensors", SPEC)
-    tm.write_vae_file(root / "vae" / "sd3_vae.safetensors", SPEC, full=True)
-    for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
-        tm.write_clip_vision_file(root / "clip_vision" / f"{name}.safetensors", SPEC, which=which)
-        (root / "clip_vision" / f"{name}.json").write_text(tm.clip_vision_config(SPEC, which).to_json_string())
-    yaml = tmp_path / "paths.yaml"
-    yaml.write_text(json.dumps({"t": {"base_path": str(root), "dpir": "dpir", "vae": "vae",
-                                      "clip_vision": "clip_vision"}}))
-    out_png = tmp_path / "restored.png"
-    out = run_cli(comfyui_path, photo, "-o", out_png, "--extra-model-paths", yaml, "--t5-embedding",
-                  "prompt.safetensors", "--long-side", "96", "--steps", "2", "--seed", "3")
-    assert out.returncode == 0, out.stderr[-3000:]
-    img = np.asarray(Image.open(out_png))
-    assert img.shape == (72, 96, 3) and img.std() > 0
+def test_folder_batch_reports_bad_images_and_skips_done_ones(comfyui_path, models, tmp_path):
+    root, yaml = models
+    src = tmp_path / "album"
+    write_photo(src / "beach.png", 80, 60, seed=1)
+    Image.open(write_photo(src / "sub" / "dog.png", 60, 80, seed=2)).convert("RGB").save(src / "sub" / "dog.jpg")
+    (src / "sub" / "dog.png").unlink()
+    write_photo(src / "scan16.png", 80, 60, seed=3, mode="I;16")  # 16-bit greyscale
+    write_photo(src / "scan48.png", 80, 60, seed=4, mode="RGB;16")  # 16-bit RGB
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    (src / "notes.txt").write_text("not an image")
+    out_dir = tmp_path / "restored"
+    args = [src, "-r", "-o", out_dir, "--base-directory", tmp_path / "base", "--extra-model-paths", yaml,
+            "--t5-embedding", PROMPT_EMBEDDING, *TINY]
+    run = run_cli(comfyui_path, *args)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "restored 4, skipped 0 (output exists; --overwrite to redo), failed 1" in run.stderr
+    assert f"FAILED {src / 'broken.png'}: not a readable image" in run.stderr
+    expected = {"beach.png": (54, 72), "sub/dog.png": (72, 54), "scan16.png": (54, 72), "scan48.png": (54, 72)}
+    for rel, hw in expected.items():
+        img = np.asarray(Image.open(out_dir / rel))
+        assert img.shape == (*hw, 3) and img.std() > 0, rel
+        side = json.loads((out_dir / rel).with_suffix(".json").read_text())
+        assert side["settings"]["seed"] == 3 and side["settings"]["steps"] == 2
+        assert side["workflow"] == "workflows/dpir_restore.json"
+        assert {n["class_type"] for n in side["prompt"].values()} >= {"DPIRModelLoader", "PreviewImage"}
+        model_hash = side["models"]["dpir_transformer"]["sha256"]["diffusion_pytorch_model.safetensors"]
+        real = hashlib.sha256((root / "dpir" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes())
+        assert model_hash == real.hexdigest()
+        assert side["models"]["t5_embedding"]["name"] == PROMPT_EMBEDDING
+    assert not (out_dir / "broken.png").exists() and not list(out_dir.rglob("*.part"))
+    assert "5/5" not in run.stderr and "4/4 [" in run.stderr  # one progress bar over the readable images
+    # a second run finds every output and starts no ComfyUI for them
+    again = run_cli(comfyui_path, *args)
+    assert again.returncode == 1 and "restored 0, skipped 4" in again.stderr, again.stderr[-2000:]
+    assert "starting ComfyUI" not in again.stderr
+
+
+def test_one_command_from_no_models_to_a_restored_photo(comfyui_path, tmp_path):
+    with FakeHub() as hub:
+        publish(hub, tmp_path / "hub")
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_TOKEN": ""}
+        photo = write_photo(tmp_path / "in" / "photo.png", 80, 60)
+        base = tmp_path / "base"
+        run = run_cli(comfyui_path, photo, "-o", tmp_path / "out", "--download", "--base-directory", base,
+                      "--t5-embedding", "t5_prompt_embedding.safetensors", *TINY, env=env)
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert "restored 1, skipped 0" in run.stderr
+        assert "sd3_vae: sd3_vae.safetensors in models/vae/ (from DehongKong/dpir" in run.stderr
+        assert (base / "models" / "dpir" / "transformer" / "config.json").is_file()
+        img = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+        assert img.shape == (54, 72, 3)
+        assert hub.downloads()
+
+
+def test_unreadable_inputs_alone_start_nothing(comfyui_path, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    run = run_cli(comfyui_path, tmp_path / "bad.jpg", tmp_path / "missing.png", "-o", tmp_path / "out")
+    assert run.returncode == 1 and "failed 2" in run.stderr and "starting ComfyUI" not in run.stderr
+    assert "no such file" in run.stderr
+
+
+def _cli_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dpir_cli", PACK_ROOT / "cli.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    import io
+
+    path = write_photo(tmp_path / "scan16.png", 40, 30, seed=5, mode="I;16")
+    grey16 = np.asarray(Image.open(path), dtype=np.float64)
+    data, name, size = _cli_module().prepare_image(path)
+    rgb = np.asarray(Image.open(io.BytesIO(data)))
+    assert name == "scan16.png" and size == (40, 30) and rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb[..., 0] - grey16 / 65535 * 255).max() <= 0.5 + 1e-9
+    assert (rgb[..., 0] == rgb[..., 2]).all() and rgb.std() > 10  # grey with detail, not a flat white

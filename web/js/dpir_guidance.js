@@ -46,7 +46,8 @@ function panelFor(node, name, kinds, why) {
       style: { marginTop: '4px', paddingTop: '3px', borderTop: '1px solid rgba(240, 180, 60, 0.3)' } }, [
       row('file:', f.expected, 'dpir-guidance-expected'),
       row('from:', f.source, 'dpir-guidance-source'),
-      row('into:', `ComfyUI/models/${f.folder}/`, 'dpir-guidance-folder')
+      row('into:', `ComfyUI/models/${f.folder}/`, 'dpir-guidance-folder'),
+      ...(f.hub ? [downloadRow(k)] : [])
     ])
   })
   return el('div', { className: 'dpir-guidance', dataset: { widget: name, why }, style: {
@@ -54,6 +55,46 @@ function panelFor(node, name, kinds, why) {
     border: '1px solid rgba(240, 180, 60, 0.6)', borderRadius: '4px', padding: '4px 6px', overflowY: 'auto',
     userSelect: 'text', height: '100%', boxSizing: 'border-box' } },
   [el('div', { style: { fontWeight: 'bold' }, textContent: head }), ...items])
+}
+
+// One click: the server fetches this kind of the pack's table (POST /dpir/download, nodes/downloads.py; it takes
+// table kinds only) and reports progress as 'dpir.download' events; the lists are refreshed when it is done.
+function downloadRow(kind) {
+  const status = el('span', { className: 'dpir-guidance-status', style: { marginLeft: '4px' } })
+  const button = el('button', { className: 'dpir-guidance-download', textContent: 'Download',
+    title: 'fetch this file from Hugging Face into the folder (POST /dpir/download)',
+    style: { font: '10px sans-serif', padding: '0 5px', lineHeight: '12px', cursor: 'pointer' } })
+  const onProgress = (e) => {
+    const d = e.detail || {}
+    if (d.kind === kind && d.total) status.textContent = `${d.file}: ${Math.floor((100 * d.done) / d.total)} %`
+  }
+  button.onclick = async (event) => {
+    event.stopPropagation()
+    button.disabled = true
+    status.textContent = 'asking the Hub…'
+    api.addEventListener('dpir.download', onProgress)
+    try {
+      const r = await api.fetchApi('/dpir/download', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ kinds: [kind] }) })
+      const body = await r.json()
+      const result = body.results?.[kind]
+      if (result?.ok) {
+        status.textContent = `done: ${result.names.join(', ')}`
+        await app.refreshComboInNodes()
+      } else {
+        status.textContent = result?.error || body.error || `HTTP ${r.status}`
+        status.style.color = '#ff9c9c'
+        button.disabled = false
+      }
+    } catch (e) {
+      status.textContent = String(e)
+      button.disabled = false
+    } finally {
+      api.removeEventListener('dpir.download', onProgress)
+    }
+  }
+  // floats beside the 'into:' line, so the panel needs no extra line (the shipped layouts leave no room for one)
+  return el('div', { className: 'dpir-guidance-action', style: { float: 'right', marginTop: '-14px' } }, [button, status])
 }
 
 // height the panel needs at the node's width (10.5 px sans-serif: ~5.8 px per character, 13.65 px per line)

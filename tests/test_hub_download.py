@@ -1,0 +1,217 @@
+"""The model downloader (models/hub_download.py): the real huggingface_hub client against a Hub on 127.0.0.1.
+
+Tiny repositories in the layouts a DPIR release may have are written at test time (tests/tiny_models.py) and
+served by tests/fake_hub.py; nothing leaves the machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import torch
+
+import tiny_models as tm
+from dpir_pack.models import checkpoints, hub_download as hd
+from fake_hub import FakeHub
+
+SPEC = tm.TinySpec()
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    with FakeHub() as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no token, no cache of this machine
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        yield h
+
+
+def diffusers_release(root):
+    """The authors' layout: diffusers folders (sharded transformer), plus files DPIR does not need."""
+    tm.write_transformer_folder(root / "dpir_ckpt" / "transformer", SPEC, sharded=True)
+    tm.write_vae_folder(root / "dpir_ckpt" / "denoise_vae", SPEC, robust=True)
+    tm.write_t5_embedding(root / "default_t5_prompt.safetensors", SPEC)
+    (root / "README.md").write_text("# DPIR\n")
+    (root / "model_index.json").write_text("{}")
+    tm.write_t5_file(root / "text_encoder_3" / "model.safetensors", SPEC)  # a pipeline's encoder: never needed
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    tm.write_transformer_pth(root / "old" / "dpir_vae_encoder_trial.pth", SPEC)  # a stray .pth named as a VAE
+    return root
+
+
+def test_diffusers_release_takes_only_what_dpir_reads(hub, tmp_path):
+    hub.add_folder("DehongKong/dpir", diffusers_release(tmp_path / "repo"))
+    folder = tmp_path / "models" / "dpir"
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "DehongKong/dpir", "pick": "transformer"}], folder)
+    shipped = sorted("transformer/" + f.name for f in (tmp_path / "repo" / "dpir_ckpt" / "transformer").iterdir())
+    assert sorted(n for _, n in plan.files) == shipped and len(shipped) >= 4  # config, index, 2+ shards
+    assert plan.names == ["transformer/diffusion_pytorch_model.safetensors.index.json"]
+    hd.download(plan)
+    vae = hd.plan_kind("robust_vae", [{"repo": "DehongKong/dpir", "pick": "robust_vae"}], folder)
+    assert sorted(n for _, n in vae.files) == ["robust_vae/config.json", "robust_vae/diffusion_pytorch_model.safetensors"]
+    hd.download(vae)
+    emb = hd.plan_kind("t5_embedding", [{"repo": "DehongKong/dpir", "pick": "t5_embedding"}], folder)
+    hd.download(emb)
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in hub.downloads()}
+    assert fetched == {r.path for p in (plan, vae, emb) for r, _ in p.files}  # nothing else crossed the wire
+    assert not (tmp_path / "models" / hd.STAGING).exists()
+    ckpt = checkpoints.load_transformer(folder / "transformer")
+    assert ckpt.lq_state_dict
+    ref = tm.transformer_state_dict(SPEC)
+    assert torch.equal(ckpt.state_dict["proj_out.weight"], ref["proj_out.weight"])
+    assert checkpoints.load_vae(folder / "robust_vae").has_decoder
+    assert (folder / "default_t5_prompt.safetensors").is_file()
+    # a second plan finds everything in place and downloads nothing
+    before = len(hub.downloads())
+    again = hd.plan_kind("dpir_transformer", [{"repo": "DehongKong/dpir", "pick": "transformer"}], folder)
+    assert again.todo() == [] and hd.download(again) and len(hub.downloads()) == before
+
+
+def test_single_file_and_pth_releases(hub, tmp_path):
+    single = tmp_path / "single"
+    tm.write_transformer_file(single / "dpir_transformer.safetensors", SPEC)
+    tm.write_vae_file(single / "dpir_robust_vae.safetensors", SPEC, robust=True)
+    hub.add_folder("a/single", single)
+    pth = tmp_path / "pth"
+    tm.write_transformer_pth(pth / "checkpoints" / "dpir.pth", SPEC, module_prefix=True)
+    torch.save(tm.transformer_state_dict(SPEC)["pos_embed.pos_embed"], pth / "checkpoints" / "pos_embed.t5")
+    hub.add_folder("b/pth", pth)
+    folder = tmp_path / "dpir"
+    t = hd.plan_kind("dpir_transformer", [{"repo": "a/single", "pick": "transformer"}], folder)
+    assert [n for _, n in t.files] == ["dpir_transformer.safetensors"]
+    v = hd.plan_kind("robust_vae", [{"repo": "a/single", "pick": "robust_vae"}], folder)
+    assert [n for _, n in v.files] == ["dpir_robust_vae.safetensors"]
+    p = hd.plan_kind("dpir_transformer", [{"repo": "b/pth", "pick": "transformer"}], folder)
+    assert [n for _, n in p.files] == ["dpir.pth", "pos_embed.t5"] and p.names == ["dpir.pth"]
+    for plan in (t, v, p):
+        hd.download(plan)
+    assert checkpoints.load_transformer(folder / "dpir_transformer.safetensors").lq_state_dict
+    assert checkpoints.load_transformer(folder / "dpir.pth").notes[0].startswith("position table taken from")
+    assert checkpoints.load_vae(folder / "dpir_robust_vae.safetensors").config["latent_channels"] == 16
+
+
+def test_gated_repository_needs_a_token_and_falls_back(hub, tmp_path):
+    sd3 = tmp_path / "sd3"
+    tm.write_vae_folder(sd3 / "vae", SPEC)
+    tm.write_t5_file(sd3 / "text_encoder_3" / "model.safetensors", SPEC)
+    hub.add_folder("stabilityai/stable-diffusion-3-medium-diffusers", sd3, gated=True)
+    dpir = tmp_path / "dpir"
+    tm.write_vae_folder(dpir / "robust_vae", SPEC, robust=True)
+    hub.add_folder("DehongKong/dpir", dpir)
+    gated = {"repo": "stabilityai/stable-diffusion-3-medium-diffusers",
+             "files": {"vae/diffusion_pytorch_model.safetensors": "sd3_vae.safetensors"}}
+    alt = {"repo": "DehongKong/dpir", "pick": "robust_vae", "single": "sd3_vae.safetensors", "note": "alternative"}
+    folder = tmp_path / "models" / "vae"
+    with pytest.raises(hd.DownloadError) as e:
+        hd.plan_kind("sd3_vae", [gated], folder)
+    msg = str(e.value)
+    assert "gated" in msg and "accept its licence on https://huggingface.co/stabilityai/stable-diffusion-3-medium-diffusers" in msg
+    assert "HF_TOKEN" in msg and not hub.downloads()
+    plan = hd.plan_kind("sd3_vae", [gated, alt], folder)  # no token: the alternative named in the table
+    assert plan.repo == "DehongKong/dpir" and [n for _, n in plan.files] == ["sd3_vae.safetensors"]
+    plan = hd.plan_kind("sd3_vae", [gated, alt], folder, token=hub.token)
+    assert plan.repo.startswith("stabilityai/")
+    hd.download(plan, token=hub.token)
+    assert checkpoints.load_vae(folder / "sd3_vae.safetensors").has_decoder
+    assert not any("text_encoder" in p for p in hub.downloads())
+
+
+def test_missing_repository(hub, tmp_path):
+    with pytest.raises(hd.DownloadError, match="the repository nobody/nothing was not found"):
+        hd.plan_kind("t5xxl", [{"repo": "nobody/nothing", "files": {"t5.safetensors": "t5.safetensors"}}], tmp_path)
+    hub.add_repo("some/repo", {"README.md": b"hi"})
+    with pytest.raises(hd.DownloadError, match="holds no file in a layout"):
+        hd.plan_kind("dpir_transformer", [{"repo": "some/repo", "pick": "transformer"}], tmp_path)
+
+
+def test_cut_transfer_is_resumed(hub, tmp_path):
+    from safetensors.torch import save_file
+
+    # bigger than the client's 10 MiB read chunk, so part of it is on disk when the connection drops
+    src = tmp_path / "src" / "dpir.safetensors"
+    src.parent.mkdir()
+    save_file({"w": torch.randn(6_000_000)}, str(src))
+    hub.add_repo("c/cut", {"dpir.safetensors": src}, knobs={"dpir.safetensors": {"cut": True}})
+    seen = []
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "c/cut", "pick": "transformer"}], tmp_path / "dpir")
+    hd.download(plan, progress=lambda f, done, total: seen.append((done, total)))
+    out = tmp_path / "dpir" / "dpir.safetensors"
+    assert out.read_bytes() == src.read_bytes()
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("dpir.safetensors")]
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith("bytes=")
+    resumed_at = int(ranges[1][6:-1])
+    assert 0 < resumed_at <= src.stat().st_size // 2  # the second request continued where the cut left off
+    assert seen[-1] == (src.stat().st_size, src.stat().st_size)
+
+
+def test_checksum_mismatch_is_refused_and_nothing_is_left(hub, tmp_path):
+    src = tm.write_transformer_file(tmp_path / "src" / "dpir.safetensors", SPEC)
+    hub.add_repo("d/bad", {"dpir.safetensors": src}, knobs={"dpir.safetensors": {"lie_sha256": True}})
+    folder = tmp_path / "models" / "dpir"
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "d/bad", "pick": "transformer"}], folder)
+    with pytest.raises(hd.DownloadError, match="does not match the Hub's listing .*sha256.*it was deleted"):
+        hd.download(plan)
+    assert hub.downloads()  # it was downloaded, then refused
+    assert not (folder / "dpir.safetensors").exists()
+    assert not [p for p in (tmp_path / "models").rglob("*.safetensors")]
+
+
+def test_too_little_disk_space_is_refused_before_downloading(hub, tmp_path):
+    src = tm.write_transformer_file(tmp_path / "src" / "dpir.safetensors", SPEC)
+    hub.add_repo("e/big", {"dpir.safetensors": src})
+    folder = tmp_path / "dpir"
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "e/big", "pick": "transformer"}], folder)
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(hd.DownloadError, match="not enough disk space"):
+        hd.download(plan, min_free=free)  # asks to keep everything free: no room for the file
+    assert hub.downloads() == [] and not folder.exists()
+
+
+def test_local_names_cannot_escape(tmp_path):
+    for bad in ("../x.safetensors", "/etc/x", ".hidden/x.safetensors", "a/../../b"):
+        with pytest.raises(hd.DownloadError, match="must stay inside"):
+            hd._safe_local(bad)
+
+
+def test_verify_uses_sha256_and_git_blob_ids(tmp_path):
+    f = tmp_path / "x.json"
+    f.write_bytes(b"{}")
+    blob = hashlib.sha1(b"blob 2\0{}").hexdigest()
+    assert hd.verify(f, hd.RemoteFile("x.json", 2, None, blob)) is None
+    assert "git blob id" in hd.verify(f, hd.RemoteFile("x.json", 2, None, "0" * 40))
+    assert "bytes instead of" in hd.verify(f, hd.RemoteFile("x.json", 3, None, blob))
+    assert hd.verify(f, hd.RemoteFile("x.json", 2, hashlib.sha256(b"{}").hexdigest(), None)) is None
+
+
+def test_a_file_in_the_hugging_face_cache_is_not_downloaded_again(hub, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    src = tm.write_transformer_file(tmp_path / "src" / "dpir.safetensors", SPEC)
+    hub.add_repo("f/cached", {"dpir.safetensors": src})
+    hf_hub_download("f/cached", "dpir.safetensors", endpoint=hub.url)  # e.g. fetched earlier by diffusers
+    n = len(hub.downloads())
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "f/cached", "pick": "transformer"}], tmp_path / "dpir")
+    hd.download(plan)
+    assert len(hub.downloads()) == n == 1
+    assert (tmp_path / "dpir" / "dpir.safetensors").read_bytes() == src.read_bytes()
+
+
+def test_a_file_put_there_by_hand_is_kept(hub, tmp_path):
+    """The SD3 VAE placed by hand and no token: nothing is fetched, and the alternative never replaces it."""
+    sd3 = tmp_path / "sd3"
+    tm.write_vae_folder(sd3 / "vae", SPEC)
+    hub.add_folder("stabilityai/stable-diffusion-3-medium-diffusers", sd3, gated=True)
+    tm.write_vae_folder(tmp_path / "dpir" / "robust_vae", SPEC, robust=True)
+    hub.add_folder("DehongKong/dpir", tmp_path / "dpir")
+    mine = tm.write_vae_file(tmp_path / "models" / "vae" / "sd3_vae.safetensors", SPEC, naming="ldm")
+    before = mine.read_bytes()
+    sources = [{"repo": "stabilityai/stable-diffusion-3-medium-diffusers",
+                "files": {"vae/diffusion_pytorch_model.safetensors": "sd3_vae.safetensors"}},
+               {"repo": "DehongKong/dpir", "pick": "robust_vae", "single": "sd3_vae.safetensors"}]
+    plan = hd.plan_kind("sd3_vae", sources, mine.parent)
+    assert plan.repo.startswith("stabilityai/") and plan.todo() == []
+    hd.download(plan)
+    assert mine.read_bytes() == before and not hub.downloads()
