@@ -44,7 +44,9 @@ register_caption_folders()
 
 
 def list_caption_models() -> list[str]:
-    """Model folders (holding config.json or *.safetensors) under the caption folders, up to 3 levels deep."""
+    """Model folders (holding config.json or *.safetensors) under the caption folders, up to 3 levels deep, each
+    listed by a file in it ('<folder>/config.json') as the pack lists its diffusers folders, so workflows and
+    ComfyUI's missing-file checks see a file name."""
     out = set()
     for key in CAPTION_FOLDERS:
         for base in folder_paths.get_folder_paths(key):
@@ -52,8 +54,11 @@ def list_caption_models() -> list[str]:
                 continue
             for root, dirs, files in os.walk(base):
                 depth = os.path.relpath(root, base).count(os.sep) + 1
-                if root != base and ("config.json" in files or any(f.endswith(".safetensors") for f in files)):
-                    out.add(os.path.relpath(root, base).replace(os.sep, "/"))
+                weights = sorted(f for f in files if f.endswith(".safetensors"))
+                if root != base and ("config.json" in files or weights):
+                    # a folder without config.json is still listed, so picking it gives the folder check's message
+                    entry = "config.json" if "config.json" in files else weights[0]
+                    out.add(os.path.relpath(os.path.join(root, entry), base).replace(os.sep, "/"))
                     dirs[:] = []
                 elif depth >= 3:
                     dirs[:] = []
@@ -155,6 +160,8 @@ class DPIRCaption:
         pixels = (to_bchw(image, "image of 'DPIR Caption'").clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255)
         pixels = pixels.round().astype(np.uint8)
         path = resolve(CAPTION_FOLDERS, caption_model, "caption_model")
+        if os.path.isfile(path):  # listed by its config.json (or weights file): the model is the folder
+            path = os.path.dirname(path)
         device = mm.get_torch_device()
         patcher, processor, model_type = captioner(path, _compute_dtype(dtype, device))
         mm.load_models_gpu([patcher], force_full_load=True)

@@ -204,7 +204,7 @@ def dpir_restore_autoprompt(info):
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
     encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
-    caption = g.add("DPIRCaption", (360, 260), {"caption_model": "Qwen/Qwen2.5-VL-3B-Instruct"},
+    caption = g.add("DPIRCaption", (360, 260), {"caption_model": "Qwen/Qwen2.5-VL-3B-Instruct/config.json"},
                     {"image": (image, 0)}, size=(340, 420))
     g.link(caption, 0, text, "text")
     text["size"] = [340, 300]  # room for the prompt it shows after a run (web/js/dpir_text.js)

@@ -11,7 +11,8 @@ import shutil
 import tiny_vlms as tv
 from host.test_browser import Page, browser, chromium_path, page, server  # noqa: F401  (shared fixtures)
 
-QWEN = "tiny-qwen2.5-vl"
+QWEN_DIR = "tiny-qwen2.5-vl"
+QWEN = f"{QWEN_DIR}/config.json"  # the caption node lists each model folder by its config.json
 
 
 def _texts(page: Page, node_id: int) -> dict:
@@ -24,8 +25,8 @@ def _texts(page: Page, node_id: int) -> dict:
 
 
 def test_autoprompt_workflow_shows_the_caption(page, server, tmp_path):  # noqa: F811
-    tv.write_qwen25_vl(tmp_path / QWEN)
-    shutil.copytree(tmp_path / QWEN, server.models_dir / "LLM" / QWEN, dirs_exist_ok=True)
+    tv.write_qwen25_vl(tmp_path / QWEN_DIR)
+    shutil.copytree(tmp_path / QWEN_DIR, server.models_dir / "LLM" / QWEN_DIR, dirs_exist_ok=True)
     page.page.evaluate("app.refreshComboInNodes?.()")
     ids = page.load("dpir_restore_autoprompt", DPIRRobustVAEEncode={"resize": "long side", "long_side": 72},
                     DPIRCaption={"caption_model": QWEN, "max_new_tokens": 12})

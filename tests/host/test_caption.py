@@ -21,14 +21,16 @@ import tiny_vlms as tv
 from host.comfy_harness import PACK_NAME, ExecutionFailed
 from host.dpir_env import PHOTO, PROMPT_EMBEDDING, api_of, saved_images, write_photo
 
-QWEN, LLAVA = "tiny-qwen2.5-vl", "tiny-llava"
+# model folders, and their entries in the caption node's list (each folder is listed by its config.json)
+QWEN_DIR, LLAVA_DIR = "tiny-qwen2.5-vl", "tiny-llava"
+QWEN, LLAVA = f"{QWEN_DIR}/config.json", f"{LLAVA_DIR}/config.json"
 T5_TOKENS = 256
 
 
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory):
     root = tmp_path_factory.mktemp("vlms")
-    qwen, llava = tv.write_qwen25_vl(root / QWEN), tv.write_llava(root / LLAVA)
+    qwen, llava = tv.write_qwen25_vl(root / QWEN_DIR), tv.write_llava(root / LLAVA_DIR)
     not_vlm = root / "not-a-vlm"  # a T5 encoder folder: a Hugging Face model, but no vision-language model
     not_vlm.mkdir()
     (not_vlm / "config.json").write_text('{"model_type": "t5", "d_model": 8}')
@@ -107,7 +109,7 @@ def test_prefix_and_suffix_frame_the_caption(server):
 ])
 def test_unusable_folder_is_a_clear_error(server, folder, says):
     with pytest.raises(ExecutionFailed) as e:
-        server.run(caption_api(folder), timeout=300)
+        server.run(caption_api(f"{folder}/config.json"), timeout=300)
     text = str(e.value)
     assert "DPIRCaption" in text and all(s in text for s in says), text
     assert "Traceback" not in text.split("\n")[0]
@@ -138,7 +140,7 @@ def test_model_is_offloaded_after_use_and_captions_fit_t5(pack_nodes, vlms, tmp_
     extra = tmp_path / "extra_llm"  # as extra_model_paths.yaml adds it under the key LLM
     shutil.copytree(vlms["qwen"], extra / "from-extra-paths")
     folder_paths.add_model_folder_path("LLM", str(extra))
-    assert "from-extra-paths" in caption_mod.list_caption_models()
+    assert "from-extra-paths/config.json" in caption_mod.list_caption_models()
 
     node = pack_nodes["DPIRCaption"]()
     image = torch.rand(2, 40, 56, 3, generator=torch.Generator().manual_seed(1))
@@ -147,7 +149,7 @@ def test_model_is_offloaded_after_use_and_captions_fit_t5(pack_nodes, vlms, tmp_
         return [lm.model for lm in mm.current_loaded_models if lm.model is not None and
                 lm.model in [p for p, *_ in caption_mod._cache.values()]]
 
-    args = dict(caption_model="from-extra-paths", instruction="Describe the photo.", sampling="greedy", sampling_seed=0,
+    args = dict(caption_model="from-extra-paths/config.json", instruction="Describe the photo.", sampling="greedy", sampling_seed=0,
                 dtype="auto")
     out = node.caption(image, max_new_tokens=400, keep_loaded=False, **args)
     assert patchers() == []  # unloaded from ComfyUI's loaded models right after captioning
