@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import statistics
 import sys
 import tempfile
@@ -44,24 +45,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import tiny_models as tm  # noqa: E402
 from host.comfy_harness import PACK_NAME, find_comfyui  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import real_weights as rw  # noqa: E402
+from real_weights import spec_for  # noqa: E402
+
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
-
-
-def spec_for(size: str) -> tm.TinySpec:
-    if size == "tiny":
-        return tm.TinySpec()
-    if size == "small":
-        return tm.TinySpec(num_layers=8, num_attention_heads=8, caption_projection_dim=512,
-                           joint_attention_dim=256, t5_d_model=256)
-    if size == "sd3-medium":
-        return tm.TinySpec(
-            num_layers=24, num_attention_heads=24, caption_projection_dim=1536, joint_attention_dim=4096,
-            pooled_projection_dim=2048, pos_embed_max_size=192, control_c1=256, control_c2=512, t5_d_model=4096,
-            clip1=tm.ClipSpec(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
-                              projection_dim=512),
-            clip2=tm.ClipSpec(patch_size=14, hidden_size=1664, num_layers=48, num_heads=16, intermediate_size=8192,
-                              projection_dim=1280, hidden_act="gelu"))
-    raise SystemExit(f"unknown size {size!r}")
 
 
 class Memory:
@@ -104,19 +92,19 @@ class Memory:
         return False
 
 
-def write_models(spec: tm.TinySpec, models: Path) -> Path:
-    """Random official-format files of dpir_restore under ``models`` (ComfyUI's folder names)."""
-    print(f"writing random {spec.num_layers}-block width-{spec.hidden} DPIR files to {models} ...", file=sys.stderr)
-    tm.write_transformer_file(models / "dpir" / "transformer.safetensors", spec, dtype=torch.bfloat16)
-    tm.write_vae_folder(models / "dpir" / "robust_vae", spec, robust=True, full=True)
-    tm.write_vae_file(models / "vae" / "sd3_vae.safetensors", spec, full=True)
-    for which, name in ((1, "clip1"), (2, "clip2")):
-        tm.write_clip_vision_folder(models / "clip_vision" / name, spec, which=which)
-    emb = torch.randn(1, 256, spec.joint_attention_dim, generator=torch.Generator().manual_seed(0))
-    from safetensors.torch import save_file
-
-    save_file({"t5_embedding": emb}, str(models / "dpir" / "prompt.safetensors"))
-    return models
+def host_nodes(spec: tm.TinySpec, size: str, device: str, models_dir=None):
+    """ComfyUI in-process with the pack, and a models folder of random official-format files."""
+    base = Path(tempfile.mkdtemp(prefix="dpir-bench-"))
+    models = base / "models"
+    if models_dir is not None and (Path(models_dir) / "dpir" / "transformer").is_dir():
+        models.symlink_to(Path(models_dir).resolve())  # files written by an earlier run (--models)
+    else:
+        print(f"writing random {spec.num_layers}-block width-{spec.hidden} DPIR files to {models_dir or models} ...",
+              file=sys.stderr)
+        rw.write_model_set(models_dir or models, size, log=lambda m: print(m, file=sys.stderr))
+        if models_dir is not None:
+            models.symlink_to(Path(models_dir).resolve())
+    return start_host(base, device), models
 
 
 def start_host(base: Path, device: str, extra_nodes: bool = False):
@@ -147,18 +135,11 @@ def start_host(base: Path, device: str, extra_nodes: bool = False):
     return pack.NODE_CLASS_MAPPINGS
 
 
-def host_nodes(spec: tm.TinySpec, device: str):
-    """ComfyUI in-process with the pack, and a models folder of random official-format files."""
-    base = Path(tempfile.mkdtemp(prefix="dpir-bench-"))
-    models = write_models(spec, base / "models")
-    return start_host(base, device), models
-
-
 def setup(args):
     """The device (a GPU unless --cpu), the model spec of --size, and ComfyUI with the pack on its files."""
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     spec = spec_for(args.size)
-    return (device, spec) + host_nodes(spec, device.type)
+    return (device, spec) + host_nodes(spec, args.size, device.type, args.models)
 
 
 def median_spread(xs):
@@ -186,12 +167,23 @@ def load_pack_models(nodes, models, device):
     import comfy.sd
     import comfy.utils
 
-    model, branch = nodes["DPIRModelLoader"]().load("transformer.safetensors",
-                                                    "bf16" if device.type == "cuda" else "default")
+    model, branch = nodes["DPIRModelLoader"]().load(transformer_name(models), weight_dtype(device, models))
     stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
     vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
     clip = nodes["DPIRCLIPVisionLoader"]().load
-    return model, branch, vae, clip("clip1/model.safetensors")[0], clip("clip2/model.safetensors")[0]
+    return model, branch, vae, clip("clip_vit_b32.safetensors")[0], clip("clip_vision_g.safetensors")[0]
+
+
+def transformer_name(models) -> str:
+    """The transformer folder as DPIR Model Loader lists it (by its shard index when sharded)."""
+    index = "transformer/diffusion_pytorch_model.safetensors.index.json"
+    return index if (Path(models) / "dpir" / index).is_file() else "transformer/diffusion_pytorch_model.safetensors"
+
+
+def weight_dtype(device, models) -> str:
+    """bf16 on a GPU and for a real-size DiT on the CPU (ComfyUI's CPU default, fp32, doubles it to 8.4 GB)."""
+    config = json.loads((Path(models) / "dpir" / "transformer" / "config.json").read_text())
+    return "bf16" if device.type == "cuda" or config["num_layers"] >= 24 else "default"
 
 
 def test_image(s: int) -> torch.Tensor:
@@ -401,14 +393,20 @@ def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
     from safetensors.torch import load_file
 
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    sd = load_file(str(models / "dpir" / "transformer.safetensors"))
+    sd = {}
+    for shard in sorted((models / "dpir" / "transformer").glob("*.safetensors")):
+        sd.update(load_file(str(shard)))
     control = {k: v.float() for k, v in sd.items() if k.startswith("control_conv.")}
     transformer = SD3Transformer2DModel.from_config(tm.transformer_config(spec))
     transformer.load_state_dict({k: v for k, v in sd.items() if not k.startswith("control_conv.")})
     transformer = transformer.to(device, dtype).eval()
     vae = AutoencoderKL.from_pretrained(str(models / "dpir" / "robust_vae")).to(device, dtype).eval()
-    clips = [CLIPVisionModelWithProjection.from_pretrained(str(models / "clip_vision" / n)).to(device, dtype).eval()
-             for n in ("clip1", "clip2")]
+    clips = []
+    for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
+        clip = CLIPVisionModelWithProjection(tm.clip_vision_config(spec, which))
+        weights = load_file(str(models / "clip_vision" / f"{name}.safetensors"))
+        clip.load_state_dict({k: v for k, v in weights.items() if k in clip.state_dict()})
+        clips.append(clip.to(device, dtype).eval())
     conv = reference.control_conv_from_weights(control).to(device, dtype)
     t5 = load_file(str(models / "dpir" / "prompt.safetensors"))["t5_embedding"].to(device, dtype)
     img = image.movedim(-1, 1).to(device, dtype)
@@ -425,12 +423,11 @@ def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
 
 
 def tiles(args):
-    device, spec, nodes, _ = setup(args)
+    device, spec, nodes, models = setup(args)
     import comfy.sample
 
     ts = sys.modules[f"{PACK_NAME}.nodes.tiled_sampling"]
-    model, branch = nodes["DPIRModelLoader"]().load("transformer.safetensors",
-                                                    "bf16" if device.type == "cuda" else "default")
+    model, branch = nodes["DPIRModelLoader"]().load(transformer_name(models), weight_dtype(device, models))
     tile = args.tile
     overlap = tile // 8
 
@@ -462,7 +459,7 @@ def tiles(args):
         print(f"| {k}×{k} | {n} | {fmt([m.seconds for m, _, _ in runs])} | {fmt(per_tile)} | "
               f"{statistics.median(per_tile) / base:.3f}× |")
     clip = nodes["DPIRCLIPVisionLoader"]().load
-    clip1, clip2 = clip("clip1/model.safetensors")[0], clip("clip2/model.safetensors")[0]
+    clip1, clip2 = clip("clip_vit_b32.safetensors")[0], clip("clip_vision_g.safetensors")[0]
     img = torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
     tset = ts.TileSet(128, 128, tile, overlap, [0, tile // 4, tile // 2], 1)
     prompt_ratio = []
@@ -518,6 +515,8 @@ def main():
     t.add_argument("--outputs", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px")
     t.add_argument("--reps", type=int, default=3)
     t.add_argument("--cpu", action="store_true")
+    for p in (p, o, m, t):
+        p.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
     args = ap.parse_args()
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation

@@ -7,7 +7,7 @@ On a GPU machine without network or ComfyUI, prepare what travels with ``python 
 run the command it prints (README, Benchmarks). ``--device cpu --size tiny`` is the same suite on tiny models,
 the form CI runs (tests/test_gpu_suite.py).
 
-It writes random weights in the official formats at the real shapes (bench/bench.py; SD3-medium DiT + LQ
+It writes random weights in the official formats at the real shapes (bench/real_weights.py; SD3-medium DiT + LQ
 branch, robust VAE, stock VAE, ViT-B/32, ViT-bigG, a T5 embedding file; T5-XXL for its own stage), imports
 ComfyUI in this process on the GPU (not --cpu) with the pack, and runs the stages below. After every stage
 it rewrites DIR/gpu_suite.json and DIR/gpu_suite.md, so a killed run still leaves what it measured. A stage
@@ -38,7 +38,6 @@ optional (in this order)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib.util
 import json
@@ -63,7 +62,7 @@ if os.environ.get("COMFYUI_PATH") is None and (ROOT / ".gpu" / "ComfyUI" / "main
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench  # noqa: E402  (bench.py puts tests/ on sys.path)
-import tiny_models as tm  # noqa: E402
+import real_weights as rw  # noqa: E402
 from host.comfy_harness import load_workflow_api  # noqa: E402
 
 ESSENTIAL = ("setup", "conformance", "workflows", "reference", "steps")
@@ -171,7 +170,8 @@ def stage_setup(suite):
     spec = bench.spec_for(args.size)
     base = Path(tempfile.mkdtemp(prefix="dpir-gpu-suite-", dir=args.work))
     t = time.monotonic()
-    models = bench.write_models(spec, base / "models")
+    models = base / "models"
+    rw.write_model_set(models, args.size, log=lambda m: print("  " + m, file=sys.stderr))
     write_s = time.monotonic() - t
     t = time.monotonic()
     nodes = bench.start_host(base, device.type, extra_nodes=True)
@@ -240,9 +240,8 @@ def stage_workflows(suite):
     sizes, steps = suite.ctx["sizes"], suite.args.steps
     info = cli.object_info(nodes.NODE_CLASS_MAPPINGS)
     wf_api = load_workflow_api()
-    rename = {"transformer/diffusion_pytorch_model.safetensors": "transformer.safetensors",
-              "clip_vit_b32.safetensors": "clip1/model.safetensors",
-              "clip_vision_g.safetensors": "clip2/model.safetensors"}
+    # the writer names the files as the workflows do; a sharded transformer is listed by its index
+    rename = {"transformer/diffusion_pytorch_model.safetensors": bench.transformer_name(suite.ctx["models"])}
     s, big = sizes["image"], sizes["large_input"]
     cases = [("dpir_restore", s, {"DPIRRobustVAEEncode": {"resize": "long side", "long_side": s}}, 1, (s, s)),
              ("dpir_prompt_ablation", s, {"DPIRRobustVAEEncode": {"resize": "long side", "long_side": s}}, 3, (s, s)),
@@ -313,7 +312,8 @@ def loaded_models(suite, weight_dtype=None):
         return suite.ctx["loaded"]
     loaded = bench.load_pack_models(suite.ctx["nodes"], suite.ctx["models"], suite.ctx["device"])
     if weight_dtype is not None:
-        model, branch = suite.ctx["nodes"]["DPIRModelLoader"]().load("transformer.safetensors", weight_dtype)
+        model, branch = suite.ctx["nodes"]["DPIRModelLoader"]().load(bench.transformer_name(suite.ctx["models"]),
+                                                                     weight_dtype)
         return (model, branch) + tuple(loaded[2:])
     suite.ctx["loaded"] = loaded
     return loaded
@@ -328,7 +328,7 @@ def stage_reference(suite):
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the fp32 reference
-    out, failures = {"image_px": s, "steps": steps, "pack_dit": "bf16" if device.type == "cuda" else "default",
+    out, failures = {"image_px": s, "steps": steps, "pack_dit": bench.weight_dtype(device, models),
                      "bound": "pack error ≤ 2 × reference bf16 error + 0.01 (vs the fp32 reference)"}, []
     for cfg in (1.0, 3.0):
         refs = {}
@@ -464,7 +464,8 @@ def stage_weight_dtype(suite):
     for wd in WEIGHT_DTYPES:
         free_memory(suite)
         try:
-            model, branch = suite.ctx["nodes"]["DPIRModelLoader"]().load("transformer.safetensors", wd)
+            model, branch = suite.ctx["nodes"]["DPIRModelLoader"]().load(bench.transformer_name(suite.ctx["models"]),
+                                                                         wd)
             _, (guider, sampler, sigmas) = dpir_sampler(suite, model, branch, positive, z, steps)
             noise = comfy.sample.prepare_noise(z, 0)
             guider.sample(noise, z, sampler, sigmas, seed=0)  # warm-up (loads the weights)
@@ -491,8 +492,9 @@ def stage_t5xxl(suite):
 
     device = suite.ctx["device"]
     path = suite.ctx["models"] / "text_encoders" / "t5xxl_fp16.safetensors"
+    spec = suite.ctx["spec"]
     t = time.monotonic()
-    write_t5xxl(path, device)
+    rw.write_safetensors(path, rw.t5_shapes(spec), torch.float16, spec, "t5")  # as rw.write_model_set(t5xxl=True)
     write_s = time.monotonic() - t
     with bench.Memory(device) as load:
         clip = nodes.CLIPLoader().load_clip(path.name, "sd3")[0]
@@ -507,29 +509,6 @@ def stage_t5xxl(suite):
     return {"file_gib": round(path.stat().st_size / 2**30, 2), "write_s": round(write_s, 1),
             "load_clip": mem(load), "encode_first (loads to the device)": mem(first), "encode_again": mem(again),
             "tokens": list(tokens.shape)}
-
-
-def write_t5xxl(path: Path, device) -> Path:
-    """Random T5-XXL v1.1 encoder (4.76 B parameters, fp16) in the HF key names of t5xxl_fp16.safetensors,
-    generated tensor by tensor on ``device``."""
-    from safetensors.torch import save_file
-
-    spec = dataclasses.replace(bench.spec_for("sd3-medium"), t5_num_layers=24, t5_num_heads=64, t5_d_kv=64,
-                               t5_d_ff=10240)
-    with torch.device("meta"):
-        model = tm._new_t5(spec)
-    g = torch.Generator(device).manual_seed(0)
-    sd = {}
-    for key, p in model.state_dict().items():
-        if p.ndim == 1:  # layer norms
-            v = 1 + 0.05 * torch.randn(p.shape, generator=g, device=device)
-        else:
-            v = torch.randn(p.shape, generator=g, device=device) * (1.0 if "embed" in key or "shared" in key
-                                                                     else p.shape[-1] ** -0.5)
-        sd[key] = v.half().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path))
-    return path
 
 
 def stage_compile(suite):
