@@ -118,21 +118,24 @@ def main(argv=None) -> int:
                                  epilog="Run on the GPU machine (carry .gpu):\n  " + COMMAND,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--comfyui", type=Path, help="the ComfyUI to copy (default: found as the tests find it)")
+    ap.add_argument("--dest", type=Path, default=DEST, help="where to prepare (default: .gpu in the pack, which "
+                    "the suite finds by itself)")
     ap.add_argument("--no-wheels", action="store_true",
                     help="skip the wheel download (an environment that has diffusers and torchsde already, e.g. CI)")
     args = ap.parse_args(argv)
     src = args.comfyui or find_comfyui().path
     if src is None:
         raise SystemExit(f"no ComfyUI to copy: {find_comfyui().reason}; pass --comfyui")
-    copy_comfyui(Path(src).resolve(), DEST / "ComfyUI")
+    dest = args.dest.resolve()
+    copy_comfyui(Path(src).resolve(), dest / "ComfyUI")
     for name, text in AV_STUB.items():
-        path = DEST / "stubs" / "av" / name
+        path = dest / "stubs" / "av" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     if not args.no_wheels:
-        download_wheels(DEST / "wheels")
-    total = size_mib(DEST)
-    print(f"prepared {DEST} ({total:.1f} MiB; the device tool carries at most 64 MiB with the working tree)")
+        download_wheels(dest / "wheels")
+    total = size_mib(dest)
+    print(f"prepared {dest} ({total:.1f} MiB; the device tool carries at most 64 MiB with the working tree)")
     print(f"on the GPU machine (carry: [\".gpu\"]):\n  {COMMAND}")
     return 0 if total < 60 else 1
 
