@@ -385,7 +385,8 @@ def memory(args):
 
 def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
     """The independent diffusers pipeline on the same files, same precision (bf16 on a GPU unless ``dtype``).
-    Each call returns its seconds; ``run.output`` holds the last restored image (1, 3, H, W)."""
+    Each call (``run(cfg)``, default ``cfg``) returns its seconds; ``run.output`` holds the last restored image
+    (1, 3, H, W). The models are built on the device (their random init there is quick), then loaded."""
     import reference
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPVisionModelWithProjection
@@ -397,13 +398,15 @@ def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
     for shard in sorted((models / "dpir" / "transformer").glob("*.safetensors")):
         sd.update(load_file(str(shard)))
     control = {k: v.float() for k, v in sd.items() if k.startswith("control_conv.")}
-    transformer = SD3Transformer2DModel.from_config(tm.transformer_config(spec))
+    with torch.device(device):
+        transformer = SD3Transformer2DModel.from_config(tm.transformer_config(spec))
     transformer.load_state_dict({k: v for k, v in sd.items() if not k.startswith("control_conv.")})
     transformer = transformer.to(device, dtype).eval()
     vae = AutoencoderKL.from_pretrained(str(models / "dpir" / "robust_vae")).to(device, dtype).eval()
     clips = []
     for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
-        clip = CLIPVisionModelWithProjection(tm.clip_vision_config(spec, which))
+        with torch.device(device):
+            clip = CLIPVisionModelWithProjection(tm.clip_vision_config(spec, which))
         weights = load_file(str(models / "clip_vision" / f"{name}.safetensors"))
         clip.load_state_dict({k: v for k, v in weights.items() if k in clip.state_dict()})
         clips.append(clip.to(device, dtype).eval())
@@ -411,11 +414,11 @@ def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
     t5 = load_file(str(models / "dpir" / "prompt.safetensors"))["t5_embedding"].to(device, dtype)
     img = image.movedim(-1, 1).to(device, dtype)
 
-    def run():
+    def run(guidance=cfg):
         with Memory(device) as m:
             with torch.autocast(device.type, enabled=False):
                 run.output = reference.restore(img, transformer, conv, vae, clips[0], clips[1], t5, steps=steps,
-                                               seed=0, guidance_scale=cfg)
+                                               seed=0, guidance_scale=guidance)
         return m.seconds
 
     run()
