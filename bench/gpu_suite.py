@@ -43,6 +43,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -653,6 +654,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(STAGES), help="run only these stages (setup always runs)")
     ap.add_argument("--skip", nargs="+", default=[], choices=list(STAGES))
     ap.add_argument("--work", default=None, help="folder for the random weights (default: the system temp)")
+    ap.add_argument("--keep-weights", action="store_true", help="leave the random weights in --work at the end")
     args = ap.parse_args(argv)
     if args.only:
         args.only = ["setup"] + args.only
@@ -665,6 +667,8 @@ def main(argv=None) -> int:
                 continue
             suite.run(name, STAGES[name], name in ESSENTIAL)
     suite.write()
+    if "base" in suite.ctx and not args.keep_weights:
+        shutil.rmtree(suite.ctx["base"], ignore_errors=True)  # ~20 GB at real size
     print((suite.out / "gpu_suite.md").read_text())
     failed = [k for k, v in suite.results["stages"].items() if v.get("status") == "failed"]
     return 1 if failed else 0

@@ -84,3 +84,17 @@ def test_failed_stage_is_recorded_and_the_budget_cuts_optional_stages(prepared, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert res["stages"]["steps"]["status"] == "ok"
     assert res["stages"]["pipeline"]["status"] == "skipped" and "budget" in res["stages"]["pipeline"]["reason"]
+
+
+def test_host_test_device_follows_dpir_test_device(monkeypatch):
+    from host.comfy_harness import device_args, host_device
+
+    monkeypatch.setenv("DPIR_TEST_DEVICE", "cpu")
+    assert host_device() == "cpu" and device_args("cpu") == ["--cpu"]
+    monkeypatch.setenv("DPIR_TEST_DEVICE", "CUDA")
+    assert host_device() == "cuda" and device_args("cuda") == ["--force-fp32"]  # fp32 tolerances hold there
+    monkeypatch.delenv("DPIR_TEST_DEVICE")
+    assert host_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("DPIR_TEST_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        host_device()
