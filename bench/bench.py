@@ -4,12 +4,15 @@
     python bench/bench.py overhead [--size small|sd3-medium] [--images 256 512 1024] [--steps 4] [--reps 5] [--compile]
     python bench/bench.py memory   [--size small|sd3-medium] [--images 1024 2048 4096]
     python bench/bench.py tiles    [--size tiny|sd3-medium] [--reps 3]
+    python bench/bench.py realsize [--images 512 1024] [--large 2048] [--tile 1024] [--json out.json]
+    python bench/bench.py loadmem  [--weight-dtype default] --cpu
+    python bench/bench.py cards    [--cards 8 12 16 24] [--outputs 1024 2048 4096 8192]
 
-Random weights in the official file formats (tests/tiny_models.py), loaded
-through the pack's nodes inside the host ComfyUI (found as the tests find it).
-'small' is a CPU-sized SD3 (8 blocks, width 512); 'sd3-medium' has the real
-shapes (24 blocks, width 1536, context 4096; real-size ViT-B/32 and ViT-bigG
-towers; the T5 prompt is a random 256×4096 embedding) and wants a GPU.
+Random weights in the official file formats (bench/real_weights.py, written tensor by tensor; `--models DIR`
+writes them there once and reuses them), loaded through the pack's nodes inside the host ComfyUI (found as
+the tests find it). 'small' is a CPU-sized SD3 (8 blocks, width 512); 'sd3-medium' has the real shapes
+(24 blocks, width 1536, context 4096; real-size ViT-B/32 and ViT-bigG towers; the T5 prompt is a random
+256×4096 embedding file); its DiT is loaded in bf16.
 
 pipeline: DPIR sampling vs plain SD3 sampling of the same transformer; the
 pack end to end vs the independent diffusers reference (tests/reference.py);
@@ -22,6 +25,11 @@ memory: the same stages at 1024², 2048² and 4096² (tiled sampling, tile promp
 between stages (as ComfyUI does when VRAM is short), so each peak holds only that stage's models.
 tiles: seconds per tile-step from 2×2 to 8×8 tiles, and peak memory of one
 tiled sampling step for 2K, 4K and 8K outputs.
+realsize: the shipped dpir_restore (and dpir_restore_large) workflows through a real ComfyUI server (CPU),
+real-size weights by default: per node, seconds and the server's peak RSS (websocket events + RSS sampling).
+loadmem: DPIR Model Loader (folder, single file) vs ComfyUI's UNETLoader on the same weights, each in a
+fresh process: peak and resident memory, what Python still reaches.
+cards: the 'Which card runs what' table from ComfyUI's own memory estimates (no model is run).
 """
 from __future__ import annotations
 
@@ -487,6 +495,288 @@ def tiles(args):
               f"{buffers / 2**20:9.0f} |")
 
 
+class NodeMonitor:
+    """Per-node time and peak RSS of a ComfyUI server process: its websocket's 'executing' events (the node
+    that runs now) and the process RSS sampled every 10 ms."""
+
+    def __init__(self, server):
+        self.server, self.proc = server, psutil.Process(server.proc.pid)
+        self.events, self.samples, self._stop = [], [], threading.Event()
+
+    def __enter__(self):
+        ready = threading.Event()
+        self._threads = [threading.Thread(target=self._sample, daemon=True),
+                         threading.Thread(target=self._listen, args=(ready,), daemon=True)]
+        for t in self._threads:
+            t.start()
+        if not ready.wait(30):
+            raise RuntimeError("no websocket connection to the server")
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), self.proc.memory_info().rss))
+            except psutil.Error:
+                return
+            time.sleep(0.01)
+
+    def _listen(self, ready):
+        import asyncio
+
+        import aiohttp  # a ComfyUI requirement
+
+        async def run():
+            url = f"ws://{self.server.host}:{self.server.port}/ws?clientId={self.server.client_id}"
+            async with aiohttp.ClientSession() as session, session.ws_connect(url, max_msg_size=0) as ws:
+                ready.set()
+                while not self._stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(msg.data)
+                        if data.get("type") == "executing":
+                            self.events.append((time.monotonic(), data["data"].get("node")))
+                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+
+        asyncio.run(run())
+
+    def __exit__(self, *exc):
+        time.sleep(0.3)  # the last events and samples
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        return False
+
+    def stages(self, t0: float) -> list[tuple[str, float, int, int]]:
+        """(node id, seconds, peak RSS, RSS at its end) for each node executed after ``t0``, in order."""
+        events = [(t, n) for t, n in self.events if t >= t0]
+        out = []
+        for (t, node), (t_next, _) in zip(events, events[1:] + [(float("inf"), None)]):
+            if node is None:
+                continue
+            before = [r for ts, r in self.samples if ts < t][-1:]  # a node shorter than one sample: the RSS then
+            inside = [r for ts, r in self.samples if t <= ts <= t_next] or before or [0]
+            end = t_next if t_next != float("inf") else self.samples[-1][0]
+            out.append((node, end - t, max(inside), inside[-1]))
+        return out
+
+
+def realsize(args):
+    """The shipped workflows through a real ComfyUI server on real-size random weights: per node, seconds and
+    the server's peak RSS."""
+    from host.comfy_harness import ExecutionFailed, load_workflow_api, start_server
+    from host.dpir_env import api_of, write_photo
+
+    comfy = find_comfyui()
+    if comfy.path is None:
+        raise SystemExit(f"bench needs a ComfyUI host: {comfy.reason}")
+    models = args.models or Path(tempfile.mkdtemp(prefix="dpir-real-")) / "models"
+    if not (models / "dpir" / "transformer").is_dir():
+        rw.write_model_set(models, args.size, log=lambda m: print(m, file=sys.stderr))
+    runs = [("dpir_restore", s) for s in args.images] + [("dpir_restore_large", s) for s in args.large]
+    inputs = {}
+    for name, s in runs:
+        side = s // 4 if name == "dpir_restore_large" else min(s, 256)
+        inputs[f"photo{side}.png"] = write_photo(models.parent / f"photo{side}.png", side, side)
+    server = start_server(comfy.path, extra_model_paths=rw.extra_model_paths(models), inputs=inputs,
+                          extra_args=args.server_args)
+    results = []
+    try:
+        info, wf = server.object_info(), load_workflow_api()
+        for name, s in runs:
+            large = name == "dpir_restore_large"
+            side = s // 4 if large else min(s, 256)
+            over = {"LoadImage": {"image": f"photo{side}.png"},
+                    "DPIRModelLoader": {"transformer": transformer_name(models), "weight_dtype": args.weight_dtype},
+                    "DPIRSamplerPatch": {"steps": args.steps, "tile_batch": args.tile_batch},
+                    "DPIRRobustVAEEncode": ({"resize": "upscale factor", "upscale_factor": 4.0} if large else
+                                            {"resize": "long side", "long_side": s}),
+                    "DPIRTiledPrompt": {"tile_size": args.tile, "tile_overlap": args.tile // 8}}
+            api = api_of(name, server, info, wf, **over)
+            ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+            ui = {str(n["id"]): n.get("title") for n in ui}
+            titles = {k: v["class_type"] + (f" ({ui[k]})" if ui.get(k) else "") for k, v in api.items()}
+            print(f"running {name} at {s}² ...", file=sys.stderr)
+            t0 = time.monotonic()
+            with NodeMonitor(server) as mon:
+                try:
+                    entry = server.run(api, timeout=args.timeout)
+                    error = None
+                    images = [(im["filename"]) for im in server.output_images(entry) if im["type"] == "output"]
+                except ExecutionFailed as e:
+                    error, images = str(e).splitlines()[0][:300], []
+                except TimeoutError as e:
+                    server.interrupt()
+                    error, images = str(e)[:200], []
+            wall = time.monotonic() - t0
+            stages = [{"node": titles.get(n, n), "id": n, "seconds": sec, "peak_rss": peak, "end_rss": end}
+                      for n, sec, peak, end in mon.stages(t0)]
+            size = None
+            if images:
+                from host.comfy_harness import png_size
+
+                size = png_size(server.view(images[-1]))
+            results.append({"workflow": name, "size": s, "wall": wall, "error": error, "output": size,
+                            "stages": stages, "peak_rss": max((st["peak_rss"] for st in stages), default=0)})
+            print_realsize(results[-1], args)
+    finally:
+        server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def print_realsize(r, args):
+    what = f"{r['workflow']} → {r['size']}²" + (f" (tiles {args.tile} px)" if r["workflow"].endswith("large") else "")
+    print(f"\n## realsize: {what}, {args.steps} step(s), DiT weights {args.weight_dtype}, CPU: {r['wall']:.0f} s, "
+          f"peak RSS {r['peak_rss'] / 2**30:.2f} GiB, output {r['output']}" + (f", FAILED: {r['error']}" if r["error"]
+                                                                                else "") + "\n")
+    print("| node | seconds | peak RSS (GiB) | RSS after (GiB) |\n|---|---|---|---|")
+    for st in r["stages"]:
+        print(f"| {st['node']} | {st['seconds']:.1f} | {st['peak_rss'] / 2**30:.2f} | {st['end_rss'] / 2**30:.2f} |")
+    sys.stdout.flush()
+
+
+# ComfyUI 0.3.64's own memory estimates (bytes), for a CUDA card with PyTorch flash attention:
+#   sampling: comfy/model_base.py BaseModel.memory_required = latent px x batch x dtype bytes x 0.01 x 1.2 (SD3) MiB
+#   SD3 VAE: comfy/sd.py VAE memory_used_encode = 1767 x image px x dtype bytes,
+#            memory_used_decode = 2178 x latent px x 64 x dtype bytes
+#   kept free: comfy/model_management.py minimum_inference_memory = 0.8 GiB + 0.4 GiB extra reserved (Linux)
+def sd3_sampling_bytes(latent_px: int, batch: int = 1, dtype_bytes: int = 2) -> float:
+    return latent_px * batch * dtype_bytes * 0.01 * 1.2 * 2**20
+
+
+def vae_encode_bytes(px: int, dtype_bytes: int = 2) -> float:
+    return 1767 * px * dtype_bytes
+
+
+def vae_decode_bytes(latent_px: int, dtype_bytes: int = 2) -> float:
+    return 2178 * latent_px * 64 * dtype_bytes
+
+
+COMFY_RESERVE = 1.2 * 2**30
+CUDA_CONTEXT = 0.5 * 2**30  # driver, CUDA context and cuDNN/cuBLAS workspaces: not available to ComfyUI
+
+
+def card_settings(card_gib: int, out: int, spec: tm.TinySpec, tile: int = 1024) -> dict:
+    """Settings for one card and a square output, from ComfyUI's estimates: every stage (models are offloaded
+    between stages when VRAM is short) must fit its weights + its estimate + ComfyUI's reserve."""
+    usable = card_gib * 2**30 - CUDA_CONTEXT - COMFY_RESERVE
+    dit = rw.param_count(rw.transformer_shapes(spec))
+    bigg = rw.param_count(rw.clip_vision_shapes(spec, 2))
+    t5 = rw.param_count(rw.t5_shapes(spec))
+    vae = rw.param_count(rw.vae_shapes(spec)) * 2
+    tiled = out > tile
+    tile_px = (tile // 8) ** 2 if tiled else (out // 8) ** 2
+    lq_features = (out // 16) ** 2 * spec.hidden * 2  # the once-per-image LQ condition, compute dtype
+    res = {}
+    for name, wbytes in (("bf16", 2), ("fp8_e4m3fn", 1)):
+        batches = [b for b in ((8, 4, 2, 1) if tiled else (1,))
+                   if dit * wbytes + lq_features + sd3_sampling_bytes(tile_px, b) <= usable]
+        if batches:
+            res["weight_dtype"], res["tile_batch"] = name, batches[0]
+            res["sampling_gib"] = (dit * wbytes + lq_features + sd3_sampling_bytes(tile_px, batches[0])) / 2**30
+            break
+    else:
+        res["weight_dtype"], res["tile_batch"], res["sampling_gib"] = "does not fit", 0, float("nan")
+    res["t5"] = next((n for n, b in (("T5-XXL fp16", 2), ("T5-XXL fp8", 1)) if t5 * b <= usable), "T5 embedding file")
+    res["clip_fits"] = bigg * 2 <= usable
+    encode = vae_encode_bytes(out * out)
+    res["encode"] = "whole" if vae + encode <= usable else "tiled (1024 px)"
+    decode = [t for t in (None, 1024, 512, 256) if vae + vae_decode_bytes(((t or out) // 8) ** 2) <= usable]
+    res["decode"] = "whole" if decode and decode[0] is None else (f"tiled {decode[0]} px" if decode else "no")
+    res["decode_gib"] = vae_decode_bytes(((decode[0] or out) // 8) ** 2) / 2**30 if decode else float("nan")
+    res["tile"] = tile if tiled else None
+    return res
+
+
+def cards(args):
+    """The 'Which card runs what' table: ComfyUI's estimates for 8-24 GB cards and 1K-8K outputs."""
+    spec = spec_for("sd3-medium")
+    print("| card | output | DiT weight_dtype | text prompt | tiles (tile batch) | VAE encode | VAE decode | "
+          "sampling stage (GiB) |\n|---|---|---|---|---|---|---|---|")
+    for card in args.cards:
+        for out in args.outputs:
+            r = card_settings(card, out, spec)
+            tiles = "none" if r["tile"] is None else f"{r['tile']} px ({r['tile_batch']})"
+            print(f"| {card} GB | {out // 1024}K ({out}²) | {r['weight_dtype']} | {r['t5']} | {tiles} | {r['encode']} | "
+                  f"{r['decode']} | {r['sampling_gib']:.1f} |")
+
+
+LOADERS = ("DPIR Model Loader (folder)", "DPIR Model Loader (single file)", "UNETLoader (single file)")
+
+
+def python_tensor_bytes() -> int:
+    """Bytes of the distinct tensor storages Python can still reach (the model's weights included)."""
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and not obj.is_meta:
+            st = obj.untyped_storage()
+            if st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                total += st.nbytes()
+    return total
+
+
+def load_one(args):
+    """One loader in this (fresh) process: RSS before, peak, after gc, after returning freed heap to the OS."""
+    import ctypes
+
+    device, _, nodes, models = setup(args)
+    name = LOADERS[args.one]
+    single = models / "dpir" / "dpir_transformer.safetensors"
+    proc = psutil.Process()
+    gc.collect()
+    with Memory(device) as m:
+        if name.startswith("UNETLoader"):
+            from nodes import UNETLoader
+
+            out = UNETLoader().load_unet(single.name, "default")
+        else:
+            out = nodes["DPIRModelLoader"]().load(transformer_name(models) if "folder" in name else single.name,
+                                                  args.weight_dtype)
+    gc.collect()
+    after = proc.memory_info().rss
+    held = python_tensor_bytes()
+    trimmed = after
+    if hasattr(ctypes.CDLL(None), "malloc_trim"):  # glibc: hand freed heap pages back to the OS
+        ctypes.CDLL(None).malloc_trim(0)
+        trimmed = proc.memory_info().rss
+    print(json.dumps({"loader": name, "seconds": m.seconds, "peak": m.peak_bytes - m.base, "after_gc": after - m.base,
+                      "after_trim": trimmed - m.base, "tensors": held, "model": out[0].model_size()}))
+
+
+def loadmem(args):
+    """Each transformer loader in a fresh process on the same weights: time, peak and resident memory."""
+    import subprocess
+
+    device, spec, _, models = setup(args)
+    single = models / "dpir" / "dpir_transformer.safetensors"
+    if not single.is_file():  # the same tensors as the folder, as one diffusers-named file
+        rw.write_safetensors(single, rw.transformer_shapes(spec), torch.bfloat16, spec, "transformer")
+    unet = models / "diffusion_models"
+    if not unet.exists():
+        unet.mkdir()
+        (unet / single.name).symlink_to(single)
+    print(f"\n## transformer loaders: {device.type}, '{args.size}' model, weight dtype '{args.weight_dtype}' "
+          "(GiB over the process before loading)\n\n| loader | seconds | peak | resident after gc | after malloc_trim |"
+          " tensors reachable | model |\n|---|---|---|---|---|---|---|")
+    for i in range(len(LOADERS)):
+        cmd = [sys.executable, __file__, "loadmem", "--one", str(i), "--size", args.size, "--models", str(models),
+               "--weight-dtype", args.weight_dtype] + (["--cpu"] if args.cpu else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode:
+            print(f"| {LOADERS[i]} | failed: {out.stderr.strip().splitlines()[-1:]} |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        g = {k: r[k] / 2**30 for k in ("peak", "after_gc", "after_trim", "tensors", "model")}
+        print(f"| {r['loader']} | {r['seconds']:.1f} | +{g['peak']:.2f} | +{g['after_gc']:.2f} | +{g['after_trim']:.2f} "
+              f"| {g['tensors']:.2f} | {g['model']:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -518,12 +808,39 @@ def main():
     t.add_argument("--outputs", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px")
     t.add_argument("--reps", type=int, default=3)
     t.add_argument("--cpu", action="store_true")
-    for p in (p, o, m, t):
+    for p in (p, o, m, t):  # noqa: B020
         p.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
+    r = sub.add_parser("realsize")
+    r.add_argument("--size", default="sd3-medium", choices=["tiny", "small", "sd3-medium"])
+    r.add_argument("--images", type=int, nargs="*", default=[512, 1024], help="dpir_restore output sizes")
+    r.add_argument("--large", type=int, nargs="*", default=[2048], help="dpir_restore_large output sizes")
+    r.add_argument("--tile", type=int, default=1024, help="tile size (px) of the large workflow")
+    r.add_argument("--tile-batch", type=int, default=4)
+    r.add_argument("--steps", type=int, default=1)
+    r.add_argument("--weight-dtype", default="bf16")
+    r.add_argument("--timeout", type=float, default=3600)
+    r.add_argument("--server-args", nargs="*", default=[])
+    r.add_argument("--json", type=Path)
+    r.add_argument("--models", type=Path)
+    c = sub.add_parser("cards")
+    c.add_argument("--cards", type=int, nargs="+", default=[8, 12, 16, 24], help="VRAM in GB")
+    c.add_argument("--outputs", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    lm = sub.add_parser("loadmem")
+    lm.add_argument("--size", default="sd3-medium", choices=["tiny", "small", "sd3-medium"])
+    lm.add_argument("--weight-dtype", default="default")
+    lm.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    lm.add_argument("--cpu", action="store_true")
+    lm.add_argument("--models", type=Path)
     args = ap.parse_args()
+    if args.cmd == "loadmem" and args.one is not None:
+        return load_one(args)
+    if args.cmd == "realsize":  # drives a server; nothing runs in this process
+        return realsize(args)
+    if args.cmd == "cards":  # arithmetic only
+        return cards(args)
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
-        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles}[args.cmd](args)
+        {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "loadmem": loadmem}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def stage_setup(suite):
     base = Path(tempfile.mkdtemp(prefix="dpir-gpu-suite-", dir=args.work))
     t = time.monotonic()
     models = base / "models"
-    rw.write_model_set(models, args.size, log=lambda m: print("  " + m, file=sys.stderr))
+    rw.write_model_set(models, args.size, log=lambda m: print("  " + m, file=sys.stderr), device=device.type)
     write_s = time.monotonic() - t
     t = time.monotonic()
     nodes = bench.start_host(base, device.type, extra_nodes=True)
@@ -503,7 +503,7 @@ def stage_t5xxl(suite):
     path = suite.ctx["models"] / "text_encoders" / "t5xxl_fp16.safetensors"
     spec = suite.ctx["spec"]
     t = time.monotonic()
-    rw.write_safetensors(path, rw.t5_shapes(spec), torch.float16, spec, "t5")  # as rw.write_model_set(t5xxl=True)
+    rw.write_safetensors(path, rw.t5_shapes(spec), torch.float16, spec, "t5", device=device.type)  # as --t5xxl
     write_s = time.monotonic() - t
     with bench.Memory(device) as load:
         clip = nodes.CLIPLoader().load_clip(path.name, "sd3")[0]

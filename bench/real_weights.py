@@ -244,16 +244,17 @@ def _sincos(hidden: int, side: int, base: int) -> torch.Tensor:
     return torch.cat([emb(w), emb(h)], dim=1).float().unsqueeze(0)
 
 
-def random_tensor(key: str, shape: tuple, spec: tm.TinySpec, component: str) -> torch.Tensor:
-    """fp32 values for one tensor, seeded by (spec seed, component, key): independent of write order."""
+def random_tensor(key: str, shape: tuple, spec: tm.TinySpec, component: str, device="cpu") -> torch.Tensor:
+    """fp32 values for one tensor, seeded by (spec seed, component, key): independent of write order (and
+    generated on ``device``, e.g. "cuda" to write fast on a GPU machine; other values than the CPU's)."""
     seed = int.from_bytes(hashlib.sha256(f"{spec.seed}:{component}:{key}".encode()).digest()[:7], "little")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     name = key.rsplit(".", 1)[-1]
     if key == "pos_embed.pos_embed":
         side = math.isqrt(shape[1])
-        val = _sincos(shape[2], side, spec.sample_size // spec.patch_size)
-        return val.add_(torch.randn(val.shape, generator=gen).mul_(spec.pos_embed_noise))
-    val = torch.randn(shape, generator=gen)
+        val = _sincos(shape[2], side, spec.sample_size // spec.patch_size).to(device)
+        return val.add_(torch.randn(val.shape, generator=gen, device=device).mul_(spec.pos_embed_noise))
+    val = torch.randn(shape, generator=gen, device=device)
     if len(shape) == 0:  # CLIPModel.logit_scale: ln(1/0.07)
         return val.mul_(spec.bias_std).add_(2.6592)
     if len(shape) == 1:
@@ -270,7 +271,7 @@ def random_tensor(key: str, shape: tuple, spec: tm.TinySpec, component: str) -> 
 
 
 def write_safetensors(path, shapes: dict[str, torch.Tensor], dtype: torch.dtype, spec: tm.TinySpec, component,
-                      metadata: dict[str, str] | None = None) -> Path:
+                      metadata: dict[str, str] | None = None, device="cpu") -> Path:
     """A safetensors file of ``shapes`` (meta tensors) with seeded random values, written tensor by tensor."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,8 +289,8 @@ def write_safetensors(path, shapes: dict[str, torch.Tensor], dtype: torch.dtype,
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for key, t in shapes.items():
-            comp = component(key) if callable(component) else component
-            val = random_tensor(key, tuple(t.shape), spec, comp).to(dtype).contiguous()
+            comp = component(key) if callable(component) else component  # str, or per key
+            val = random_tensor(key, tuple(t.shape), spec, comp, device).to(dtype).cpu().contiguous()
             f.write(val.reshape(-1).view(torch.uint8).numpy().tobytes() if val.numel() else b"")
             del val
     tmp.replace(path)
@@ -312,39 +313,46 @@ def shard(shapes: dict[str, torch.Tensor], dtype: torch.dtype, max_bytes: int) -
     return shards
 
 
-def write_sharded(folder, shapes, dtype, spec, component, max_bytes: int, stem: str = "diffusion_pytorch_model"):
+def write_sharded(folder, shapes, dtype, spec, component, max_bytes: int, stem: str = "diffusion_pytorch_model",
+                  device="cpu"):
     """Shards ``{stem}-0000i-of-0000N.safetensors`` + ``{stem}.safetensors.index.json`` as save_pretrained writes
     them; one ``{stem}.safetensors`` when everything fits one shard."""
     folder = Path(folder)
     groups = shard(shapes, dtype, max_bytes)
     if len(groups) == 1:
-        write_safetensors(folder / f"{stem}.safetensors", shapes, dtype, spec, component, {"format": "pt"})
+        write_safetensors(folder / f"{stem}.safetensors", shapes, dtype, spec, component, {"format": "pt"}, device)
         return folder
     size = torch.tensor([], dtype=dtype).element_size()
     weight_map = {}
     for i, keys in enumerate(groups, 1):
         name = f"{stem}-{i:05d}-of-{len(groups):05d}.safetensors"
-        write_safetensors(folder / name, {k: shapes[k] for k in keys}, dtype, spec, component, {"format": "pt"})
+        write_safetensors(folder / name, {k: shapes[k] for k in keys}, dtype, spec, component, {"format": "pt"},
+                          device)
         weight_map.update({k: name for k in keys})
     index = {"metadata": {"total_size": sum(t.numel() * size for t in shapes.values())}, "weight_map": weight_map}
     tm._write_json(index, folder / f"{stem}.safetensors.index.json")
     return folder
 
 
-def write_transformer_folder(folder, spec: tm.TinySpec, dtype=torch.bfloat16, max_bytes: int = 2 * GiB) -> Path:
+def write_transformer_folder(folder, spec: tm.TinySpec, dtype=torch.bfloat16, max_bytes: int = 2 * GiB,
+                             device="cpu") -> Path:
     """The DPIR transformer as the authors' ``save_pretrained`` folder (config.json + shards + index)."""
     folder = Path(folder)
     tm._write_json(tm.transformer_config(spec), folder / "config.json")
-    return write_sharded(folder, transformer_shapes(spec), dtype, spec, "transformer", max_bytes)
+    return write_sharded(folder, transformer_shapes(spec), dtype, spec, "transformer", max_bytes, device=device)
 
 
-def write_vae_folder(folder, spec: tm.TinySpec, dtype=torch.float32, full: bool = True) -> Path:
+def write_vae_folder(folder, spec: tm.TinySpec, dtype=torch.float32, full: bool = True, device="cpu") -> Path:
     """The robust VAE as a diffusers ``AutoencoderKL`` folder (one file, like the release's save_pretrained):
     its own encoder, the stock SD3 VAE's decoder (the release fine-tuned the encoder only)."""
     folder = Path(folder)
     tm._write_json(tm.vae_config(spec, full), folder / "config.json")
-    write_safetensors(folder / "diffusion_pytorch_model.safetensors", vae_shapes(spec, full), dtype, spec,
-                      lambda key: "robust_vae" if key.startswith("encoder.") else "sd3_vae", {"format": "pt"})
+
+    def component(key):
+        return "robust_vae" if key.startswith("encoder.") else "sd3_vae"
+
+    write_safetensors(folder / "diffusion_pytorch_model.safetensors", vae_shapes(spec, full), dtype, spec, component,
+                      {"format": "pt"}, device)
     return folder
 
 
@@ -360,25 +368,27 @@ def write_t5_embedding(path, spec: tm.TinySpec, length: int = tm.T5_MAX_LENGTH) 
 
 
 def write_model_set(root, size: str = "sd3-medium", t5xxl: bool = False, shard_gb: float = 2.0,
-                    log=None) -> dict[str, Path]:
-    """Every file of the shipped workflows under ``root`` (see the module doc); returns named paths."""
+                    log=None, device="cpu") -> dict[str, Path]:
+    """Every file of the shipped workflows under ``root`` (see the module doc); returns named paths.
+    ``device``: where the values are generated ("cuda" on a GPU machine: much faster)."""
     root, spec = Path(root), spec_for(size)
     steps = [
         ("transformer", root / "dpir" / "transformer",
-         lambda p: write_transformer_folder(p, spec, max_bytes=int(shard_gb * GiB))),
-        ("robust_vae", root / "dpir" / "robust_vae", lambda p: write_vae_folder(p, spec)),
+         lambda p: write_transformer_folder(p, spec, max_bytes=int(shard_gb * GiB), device=device)),
+        ("robust_vae", root / "dpir" / "robust_vae", lambda p: write_vae_folder(p, spec, device=device)),
         ("t5_embedding", root / "dpir" / "prompt.safetensors", lambda p: write_t5_embedding(p, spec)),
         ("sd3_vae", root / "vae" / "sd3_vae.safetensors",
-         lambda p: write_safetensors(p, vae_shapes(spec), torch.float16, spec, "sd3_vae")),
+         lambda p: write_safetensors(p, vae_shapes(spec), torch.float16, spec, "sd3_vae", device=device)),
         ("clip_vit_b32", root / "clip_vision" / "clip_vit_b32.safetensors",
          lambda p: write_safetensors(p, clip_model_shapes(spec), torch.float32, spec, "clip_vision_1",
-                                     {"format": "pt"})),
+                                     {"format": "pt"}, device)),
         ("clip_vision_g", root / "clip_vision" / "clip_vision_g.safetensors",
-         lambda p: write_safetensors(p, clip_vision_shapes(spec, 2), torch.float16, spec, "clip_vision_2")),
+         lambda p: write_safetensors(p, clip_vision_shapes(spec, 2), torch.float16, spec, "clip_vision_2",
+                                     device=device)),
     ]
     if t5xxl:
         steps.append(("t5xxl", root / "text_encoders" / "t5xxl_fp16.safetensors",
-                      lambda p: write_safetensors(p, t5_shapes(spec), torch.float16, spec, "t5")))
+                      lambda p: write_safetensors(p, t5_shapes(spec), torch.float16, spec, "t5", device=device)))
     if size != "sd3-medium":  # towers of no published geometry: a same-name config says what they are
         for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
             steps.append((f"{name}_config", root / "clip_vision" / f"{name}.json", lambda p, w=which: p.write_text(
@@ -405,8 +415,10 @@ def main():
     ap.add_argument("--size", default="sd3-medium", choices=["tiny", "small", "sd3-medium"])
     ap.add_argument("--t5xxl", action="store_true", help="also T5-XXL (4.7 B parameters, 9.5 GB fp16)")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="transformer shard size in GiB")
+    ap.add_argument("--device", default="cpu", help="where to generate the values (cuda: much faster)")
     args = ap.parse_args()
-    write_model_set(args.out, args.size, args.t5xxl, args.shard_gb, log=lambda m: print(m, file=sys.stderr))
+    write_model_set(args.out, args.size, args.t5xxl, args.shard_gb, log=lambda m: print(m, file=sys.stderr),
+                    device=args.device)
 
 
 if __name__ == "__main__":
