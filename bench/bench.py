@@ -109,9 +109,6 @@ class Memory:
 
 def host_nodes(spec: tm.TinySpec, size: str, device: str, models_dir=None):
     """ComfyUI in-process with the pack, and a models folder of random official-format files."""
-    comfy = find_comfyui()
-    if comfy.path is None:
-        raise SystemExit(f"bench needs a ComfyUI host: {comfy.reason}")
     base = Path(tempfile.mkdtemp(prefix="dpir-bench-"))
     models = base / "models"
     if models_dir is not None and (Path(models_dir) / "dpir" / "transformer").is_dir():
@@ -122,7 +119,17 @@ def host_nodes(spec: tm.TinySpec, size: str, device: str, models_dir=None):
         rw.write_model_set(models_dir or models, size, log=lambda m: print(m, file=sys.stderr))
         if models_dir is not None:
             models.symlink_to(Path(models_dir).resolve())
-    (base / "custom_nodes").mkdir()
+    return start_host(base, device), models
+
+
+def start_host(base: Path, device: str, extra_nodes: bool = False):
+    """ComfyUI imported in this process on ``base`` (--base-directory; --cpu unless a GPU), the pack loaded as
+    ComfyUI loads it; the pack's NODE_CLASS_MAPPINGS. ``extra_nodes``: also the core's comfy_extras nodes (what
+    the shipped workflows use), all registered in ComfyUI's ``nodes.NODE_CLASS_MAPPINGS`` for its executor."""
+    comfy = find_comfyui()
+    if comfy.path is None:
+        raise SystemExit(f"bench needs a ComfyUI host: {comfy.reason}")
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     sys.argv = ["main.py", "--base-directory", str(base), *load_compat().no_api_nodes_flags(comfy.path)] + (
         ["--cpu"] if device == "cpu" else [])
     sys.path.insert(0, str(comfy.path))
@@ -134,7 +141,14 @@ def host_nodes(spec: tm.TinySpec, size: str, device: str, models_dir=None):
     pack = importlib.util.module_from_spec(sp)
     sys.modules[PACK_NAME] = pack
     sp.loader.exec_module(pack)
-    return pack.NODE_CLASS_MAPPINGS, models
+    if extra_nodes:
+        import asyncio
+
+        import nodes
+
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        nodes.NODE_CLASS_MAPPINGS.update(pack.NODE_CLASS_MAPPINGS)
+    return pack.NODE_CLASS_MAPPINGS
 
 
 def setup(args):
@@ -195,10 +209,12 @@ def test_image(s: int) -> torch.Tensor:
                                            size=(s, s), mode="bicubic").clamp(0, 1).movedim(1, -1)
 
 
-def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, offload=False):
-    """dpir_restore (or dpir_restore_large with ``tiles``) stage by stage: {stage: Memory}, the LQ latent and
-    the sampler inputs. ``offload``: before each stage every model is unloaded, as ComfyUI does when VRAM is
-    short, so a stage's peak holds only its own models."""
+def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, offload=False, tile=1024, cfg=1.0,
+             outputs=None):
+    """dpir_restore (or dpir_restore_large with ``tiles`` of ``tile`` px) stage by stage: {stage: Memory}, the LQ
+    latent and the sampler inputs. ``offload``: before each stage every model is unloaded, as ComfyUI does when
+    VRAM is short, so a stage's peak holds only its own models. ``outputs`` (a dict) receives the sampled
+    latent, the decoded image (B, H, W, C) and the colour-fixed one."""
     import comfy.model_management
     import comfy.sample
     from nodes import VAEDecodeTiled
@@ -223,22 +239,24 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
     plan = None
     if tiles:
         with stage("CLIP tile prompts (tiled)"):
-            plan = nodes["DPIRTiledPrompt"]().plan(clip1, clip2, lq, text, 1024, 128, "per-tile local prompt", True,
-                                                   1)[0]
+            plan = nodes["DPIRTiledPrompt"]().plan(clip1, clip2, lq, text, tile, tile // 8, "per-tile local prompt",
+                                                   True, 1)[0]
     with stage("LQ condition + sampler patch (once per image)"):
         patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
-        _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, 1.0, 3.0, tiles=plan,
+        _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, cfg, 3.0, tiles=plan,
                                                                         tile_batch=tile_batch)
     noise = comfy.sample.prepare_noise(latent["samples"], 0)
     with stage("sampling" + (" (tiled)" if tiles else "")):
         out = guider.sample(noise, latent["samples"], sampler, sigmas, seed=0)
     with stage("decode" + (" (tiled)" if tiles else "")):
         if tiles:
-            decoded = VAEDecodeTiled().decode(vae, {"samples": out}, 1024, 64)[0]
+            decoded = VAEDecodeTiled().decode(vae, {"samples": out}, tile, tile // 16)[0]
         else:
             decoded = vae.decode(out)
     with stage("colour fix"):
-        nodes["DPIRColourFix"]().fix(decoded, lq, "wavelet")
+        restored = nodes["DPIRColourFix"]().fix(decoded, lq, "wavelet")[0]
+    if outputs is not None:
+        outputs.update(latent=out, decoded=decoded, restored=restored)
     return stages, latent, positive, (guider, sampler, sigmas)
 
 
@@ -270,9 +288,9 @@ def timed_pair(first, second, z, rep, device):
     return a, b
 
 
-def dpir_over_plain(model, dpir, positive, z, steps, rep, device):
-    """DPIR sampling time / plain SD3 sampling time of the same transformer (same prompt tensors, steps,
-    sampler, schedule, shift 3)."""
+def plain_sd3(model, positive, steps):
+    """(guider, sampler, sigmas) of plain SD3 sampling with ``model`` (no LQ condition): Euler, 'normal'
+    schedule, shift 3, CFG 1, as DPIR Sampler Patch sets them up."""
     import comfy.samplers
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
@@ -281,8 +299,13 @@ def dpir_over_plain(model, dpir, positive, z, steps, rep, device):
     guider.set_conds(positive, positive)
     guider.set_cfg(1.0)
     sigmas = comfy.samplers.calculate_sigmas(plain.get_model_object("model_sampling"), "normal", steps)
-    t_dpir, t_plain = timed_pair(dpir, (guider, comfy.samplers.sampler_object("euler"), sigmas), z, rep,
-                                 device)
+    return guider, comfy.samplers.sampler_object("euler"), sigmas
+
+
+def dpir_over_plain(model, dpir, positive, z, steps, rep, device):
+    """DPIR sampling time / plain SD3 sampling time of the same transformer (same prompt tensors, steps,
+    sampler, schedule, shift 3)."""
+    t_dpir, t_plain = timed_pair(dpir, plain_sd3(model, positive, steps), z, rep, device)
     return t_dpir / t_plain
 
 
@@ -376,26 +399,30 @@ def memory(args):
         stage_table({k: [m] for k, m in stages.items()})
 
 
-def reference_runner(spec, models, device, image, steps):
-    """The independent diffusers pipeline on the same files, same precision."""
+def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
+    """The independent diffusers pipeline on the same files, same precision (bf16 on a GPU unless ``dtype``).
+    Each call (``run(cfg)``, default ``cfg``) returns its seconds; ``run.output`` holds the last restored image
+    (1, 3, H, W). The models are built on the device (their random init there is quick), then loaded."""
     import reference
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPVisionModelWithProjection
 
     from safetensors.torch import load_file
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     sd = {}
     for shard in sorted((models / "dpir" / "transformer").glob("*.safetensors")):
         sd.update(load_file(str(shard)))
     control = {k: v.float() for k, v in sd.items() if k.startswith("control_conv.")}
-    transformer = SD3Transformer2DModel.from_config(tm.transformer_config(spec))
+    with torch.device(device):
+        transformer = SD3Transformer2DModel.from_config(tm.transformer_config(spec))
     transformer.load_state_dict({k: v for k, v in sd.items() if not k.startswith("control_conv.")})
     transformer = transformer.to(device, dtype).eval()
     vae = AutoencoderKL.from_pretrained(str(models / "dpir" / "robust_vae")).to(device, dtype).eval()
     clips = []
     for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
-        clip = CLIPVisionModelWithProjection(tm.clip_vision_config(spec, which))
+        with torch.device(device):
+            clip = CLIPVisionModelWithProjection(tm.clip_vision_config(spec, which))
         weights = load_file(str(models / "clip_vision" / f"{name}.safetensors"))
         clip.load_state_dict({k: v for k, v in weights.items() if k in clip.state_dict()})
         clips.append(clip.to(device, dtype).eval())
@@ -403,10 +430,11 @@ def reference_runner(spec, models, device, image, steps):
     t5 = load_file(str(models / "dpir" / "prompt.safetensors"))["t5_embedding"].to(device, dtype)
     img = image.movedim(-1, 1).to(device, dtype)
 
-    def run():
+    def run(guidance=cfg):
         with Memory(device) as m:
             with torch.autocast(device.type, enabled=False):
-                reference.restore(img, transformer, conv, vae, clips[0], clips[1], t5, steps=steps, seed=0)
+                run.output = reference.restore(img, transformer, conv, vae, clips[0], clips[1], t5, steps=steps,
+                                               seed=0, guidance_scale=guidance)
         return m.seconds
 
     run()

@@ -270,7 +270,7 @@ def random_tensor(key: str, shape: tuple, spec: tm.TinySpec, component: str, dev
 # ---------------------------------------------------------------------------
 
 
-def write_safetensors(path, shapes: dict[str, torch.Tensor], dtype: torch.dtype, spec: tm.TinySpec, component: str,
+def write_safetensors(path, shapes: dict[str, torch.Tensor], dtype: torch.dtype, spec: tm.TinySpec, component,
                       metadata: dict[str, str] | None = None, device="cpu") -> Path:
     """A safetensors file of ``shapes`` (meta tensors) with seeded random values, written tensor by tensor."""
     path = Path(path)
@@ -289,7 +289,8 @@ def write_safetensors(path, shapes: dict[str, torch.Tensor], dtype: torch.dtype,
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for key, t in shapes.items():
-            val = random_tensor(key, tuple(t.shape), spec, component, device).to(dtype).cpu().contiguous()
+            comp = component(key) if callable(component) else component  # str, or per key
+            val = random_tensor(key, tuple(t.shape), spec, comp, device).to(dtype).cpu().contiguous()
             f.write(val.reshape(-1).view(torch.uint8).numpy().tobytes() if val.numel() else b"")
             del val
     tmp.replace(path)
@@ -342,11 +343,16 @@ def write_transformer_folder(folder, spec: tm.TinySpec, dtype=torch.bfloat16, ma
 
 
 def write_vae_folder(folder, spec: tm.TinySpec, dtype=torch.float32, full: bool = True, device="cpu") -> Path:
-    """The robust VAE as a diffusers ``AutoencoderKL`` folder (one file, like the release's save_pretrained)."""
+    """The robust VAE as a diffusers ``AutoencoderKL`` folder (one file, like the release's save_pretrained):
+    its own encoder, the stock SD3 VAE's decoder (the release fine-tuned the encoder only)."""
     folder = Path(folder)
     tm._write_json(tm.vae_config(spec, full), folder / "config.json")
-    write_safetensors(folder / "diffusion_pytorch_model.safetensors", vae_shapes(spec, full), dtype, spec,
-                      "robust_vae", {"format": "pt"}, device)
+
+    def component(key):
+        return "robust_vae" if key.startswith("encoder.") else "sd3_vae"
+
+    write_safetensors(folder / "diffusion_pytorch_model.safetensors", vae_shapes(spec, full), dtype, spec, component,
+                      {"format": "pt"}, device)
     return folder
 
 

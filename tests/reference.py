@@ -56,7 +56,8 @@ def clip_pixels(images: torch.Tensor) -> torch.Tensor:
     from transformers import CLIPImageProcessor
 
     processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    return processor(images=list(images), do_rescale=False, return_tensors="pt").pixel_values
+    pixels = processor(images=list(images.float().cpu()), do_rescale=False, return_tensors="pt").pixel_values
+    return pixels.to(images)  # the processor works on the CPU in fp32; the towers may be on a GPU, in bf16
 
 
 def sliding_windows(size: int, tile: int = 1024, overlap: int = 64) -> list[int]:
@@ -110,7 +111,7 @@ def sample_latents(transformer, control_conv, z_lq, context, pooled, steps=28, s
         pooled = torch.cat([torch.zeros_like(pooled), pooled])
     latents = torch.randn(z_lq.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(z_lq)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=z_lq.device)
     handle = attach_lq_hook(transformer, control_conv, {"z_lq": z_lq, "scale": control_scale})
     try:
         for t in scheduler.timesteps:

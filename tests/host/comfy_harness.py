@@ -5,7 +5,8 @@
     srv.run(api)                              # POST /prompt + poll /history
     srv.stop()
 
-The server runs ``main.py --cpu --listen 127.0.0.1`` on a free port with a
+The server runs ``main.py --cpu --listen 127.0.0.1`` (on a GPU, see :func:`host_device`:
+``--force-fp32`` instead of ``--cpu``) on a free port with a
 throw-away ``--base-directory`` (``custom_nodes/ComfyUI-DPIR`` is a symlink to
 this checkout; ``models/<folder>/`` holds links to the files given), an
 in-memory database, no API nodes and no custom node pack but this one. Its
@@ -72,6 +73,28 @@ def find_comfyui() -> HostLookup:
     if is_comfyui(home):
         return HostLookup(home.resolve(), f"default location {home}")
     return HostLookup(None, f"no ComfyUI found: COMFYUI_PATH unset, none above {here}, none at {home}")
+
+
+def host_device() -> str:
+    """Where the host tests run ComfyUI: $DPIR_TEST_DEVICE ('cpu' or 'cuda') when set, else 'cuda' when torch
+    finds a GPU, else 'cpu'."""
+    env = os.environ.get("DPIR_TEST_DEVICE", "").strip().lower()
+    if env:
+        if env not in ("cpu", "cuda"):
+            raise ValueError(f"DPIR_TEST_DEVICE={env!r}: use 'cpu' or 'cuda'")
+        return env
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_args(device: str) -> list[str]:
+    """ComfyUI's options for the test device. On a GPU, --force-fp32 keeps 'default' weights and the VAE and
+    CLIP towers in fp32 (ComfyUI would pick bf16/fp16 there), so the fp32 tolerances of the CPU hold; the
+    weight-dtype test covers the other storage dtypes."""
+    return ["--cpu"] if device == "cpu" else ["--force-fp32"]
 
 
 def load_standalone(name: str):
@@ -438,7 +461,7 @@ def start_server(comfy_path: Path, base_dir: Path | None = None, *,
     yaml_path = prepare_base(base, models, inputs, extra_model_paths)
     port = free_port()
     log_path = base / "server.log"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "main.py", *device_args(host_device()), "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
            "--disable-auto-launch", "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
            *load_compat().no_api_nodes_flags(comfy_path)]

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from .comfy_harness import PACK_NAME, PACK_ROOT, Server, find_comfyui, load_compat, load_workflow_api
+from .comfy_harness import PACK_NAME, PACK_ROOT, Server, device_args, find_comfyui, host_device, load_compat
+from .comfy_harness import load_workflow_api
 from .comfy_harness import start_server as _start_server
 
 HOST = find_comfyui()
@@ -89,6 +90,11 @@ def pytest_runtest_makereport(item, call):
 def comfyui_path() -> Path:
     if HOST.path is None:
         pytest.skip(f"HOST TESTS SKIPPED: {HOST.reason}")
+    if host_device() == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("DPIR_TEST_DEVICE=cuda, but torch finds no GPU")
     return HOST.path
 
 
@@ -149,7 +155,8 @@ def dpir_server(start_server, dpir_models) -> Server:
 
 @pytest.fixture(scope="session")
 def pack_nodes(comfyui_path, tmp_path_factory):
-    """ComfyUI imported in-process with a models folder of tiny files, and the pack loaded as ComfyUI loads it."""
+    """ComfyUI imported in-process with a models folder of tiny files, and the pack loaded as ComfyUI loads it;
+    on the GPU (``host_device``) in IEEE fp32: TF32 off, so the fp32 tolerances hold there too."""
     base = tmp_path_factory.mktemp("comfy_base")
     models = base / "models"
     import tiny_models as tm
@@ -162,7 +169,12 @@ def pack_nodes(comfyui_path, tmp_path_factory):
     tm.write_clip_vision_folder(models / "clip_vision" / "clip_bigg", SPEC, which=2)
     (base / "custom_nodes").mkdir()
     argv = sys.argv
-    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), *load_compat().no_api_nodes_flags(comfyui_path)]
+    sys.argv = ["main.py", *device_args(host_device()), "--base-directory", str(base),
+                *load_compat().no_api_nodes_flags(comfyui_path)]
+    if host_device() == "cuda":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     sys.path.insert(0, str(comfyui_path))
     try:
         import comfy.options

@@ -1,4 +1,4 @@
-"""Tiled global-local sampling inside ComfyUI (CPU, tiny models)."""
+"""Tiled global-local sampling inside ComfyUI (CPU, or the GPU as tests/host/conftest.py says; tiny models)."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME
+from host.comfy_harness import PACK_NAME, host_device
 
 SPEC = tm.TinySpec()
 
@@ -42,7 +42,7 @@ def sample(nodes, model, branch, z, positive, steps=2, cfg=1.0, tiles=None, tile
     _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, cfg, 3.0,
                                                                    tiles=tiles, tile_batch=tile_batch)
     latent = torch.zeros_like(z)
-    return guider.sample(comfy.sample.prepare_noise(latent, seed), latent, sampler, sigmas, seed=seed)
+    return guider.sample(comfy.sample.prepare_noise(latent, seed), latent, sampler, sigmas, seed=seed).cpu()
 
 
 def plan(nodes, clip1, clip2, image, tile_px, overlap_px, mode=0, shift=False):
@@ -89,11 +89,12 @@ def test_tiled_sampling_runs_with_batches_cfg_and_shift(setup):
                                                      text_prompt())[0]
         out = sample(nodes, model, branch, z, positive, steps=3, cfg=cfg, tiles=tiles, tile_batch=batch)
         assert out.shape == z.shape and torch.isfinite(out).all()
-    # the batch size does not change the numbers
+    # the batch size does not change the numbers (beyond a GPU's per-batch-size kernels)
     tiles, _ = plan(nodes, clip1, clip2, image, 256, 64)
     a = sample(nodes, model, branch, z, positive, tiles=tiles, tile_batch=1)
     b = sample(nodes, model, branch, z, positive, tiles=tiles, tile_batch=4)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if host_device() == "cpu" else 1e-4
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def test_each_tile_is_conditioned_on_control_conv_of_its_own_crop_once_per_run(setup):
@@ -245,7 +246,7 @@ def test_blending_has_no_seams(setup):
     _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(m, text_prompt(), 1, 1.0, 3.0, tiles=tiles)
     x = torch.nn.functional.interpolate(torch.randn(1, 16, 3, 5, generator=torch.Generator().manual_seed(7)),
                                         size=(32, 64), mode="bicubic", align_corners=True)
-    out = guider.sample(x, torch.zeros_like(x), sampler, sigmas, seed=0)  # one Euler step from sigma 1: the denoised
+    out = guider.sample(x, torch.zeros_like(x), sampler, sigmas, seed=0).cpu()  # one Euler step from sigma 1: the denoised
     offset = ((out - SPEC.vae_shift_factor) * SPEC.vae_scaling_factor - x)[0, 0]
     means = [x[:, :, t.top:t.bottom, t.left:t.right].mean() for t in tiles.plans[0]]
     hard_jump = max(abs(a - b) for a, b in zip(means, means[1:]))
