@@ -72,15 +72,21 @@ def find_comfyui(explicit: str | None = None) -> tuple[Path | None, str]:
     return None, "no ComfyUI found: set COMFYUI_PATH, pass --comfyui, or install the pack in ComfyUI/custom_nodes"
 
 
-def host_flags(host: Path) -> set[str]:
+def _compat():
+    """nodes/compat.py (ComfyUI's differences, detected from the host's files), stand-alone: it imports no ComfyUI."""
+    if "dpir_compat" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("dpir_compat", PACK_ROOT / "nodes" / "compat.py")
+        sys.modules["dpir_compat"] = mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return sys.modules["dpir_compat"]
+
+
+def host_flags(host: Path) -> frozenset[str]:
     """The command-line flags this ComfyUI knows (read from its comfy/cli_args.py, not from its version)."""
     try:
-        text = (host / "comfy" / "cli_args.py").read_text(errors="replace")
-    except OSError:
-        return set()
-    import re
-
-    return set(re.findall(r"""add_argument\(\s*["'](--[\w-]+)""", text))
+        return _compat().cli_options(host)
+    except (OSError, SyntaxError):
+        return frozenset()
 
 
 def _free_port() -> int:
@@ -109,7 +115,7 @@ class Headless:
         # API nodes are not needed; newer hosts call the switch --offline (--disable-api-nodes is its old name).
         # A download (--download) needs the network, so the switch stays off then.
         if not online:
-            cmd += ["--offline"] if "--offline" in flags else (["--disable-api-nodes"] if "--disable-api-nodes" in flags else [])
+            cmd += _compat().no_api_nodes_flags(host)
         if cpu:
             cmd.append("--cpu")
         if base is not None:

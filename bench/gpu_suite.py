@@ -267,7 +267,7 @@ def stage_workflows(suite):
             ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), api, None))
             if not ok:
                 raise RuntimeError(f"validation: {json.dumps(node_errors or error)[:1500]}")
-            executor = execution.PromptExecutor(_QuietServer(), cache_type=False)
+            executor = bench.load_compat().prompt_executor(_QuietServer())
             with bench.Memory(suite.ctx["device"]) as m:
                 executor.execute(api, str(uuid.uuid4()), {}, outputs)
             if not executor.success:

@@ -24,7 +24,6 @@ READ_ONLY = "ComfyUI 0.38.x sources (Comfy-Org/ComfyUI, 2026 commits), read, nev
 CHECKED = "checked: same in the stored newer sources"
 ADAPTED = "changed in the newer sources: adapted (feature-detected here)"
 NOT_STORED = "not stored: unverified on newer ComfyUI"
-ISSUE15 = "changed in the newer sources: handled by the HTTP-API CLI (issue 15)"
 
 
 @dataclass(frozen=True)
@@ -183,12 +182,11 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         "--disable-all-custom-nodes", "--whitelist-custom-nodes", "--extra-model-paths-config"),
        note="--disable-api-nodes is a deprecated alias of --offline in newer ComfyUI: no_api_nodes_flags below"),
     TP("comfy.options:enable_args_parsing", "attr", "tests/host/conftest.py, bench, cli.py", CHECKED),
-    TP("execution:PromptExecutor", "call", "cli.py", ISSUE15, ("server", "cache_type"), absent=("cache_args",),
-       note="newer execute_async reads cache_args['ram'] / ['ram_inactive'] (main.py passes lru, ram, "
-            "ram_inactive): PromptExecutor(server, cache_type=False) raises TypeError there"),
-    TP("execution:validate_prompt", "call", "cli.py", CHECKED, ("prompt_id", "prompt", "partial_execution_list")),
-    TP("utils/extra_config.py", "source", "cli.py", CHECKED, ("def load_extra_path_config",)),
-)
+    TP("execution:PromptExecutor", "call", "bench/gpu_suite.py (in-process workflows)", ADAPTED, ("server",),
+       note="newer: cache_args (execute_async reads cache_args['ram'] / ['ram_inactive']) and asset_manager; "
+            "prompt_executor below passes them where the signature has them. cli.py drives ComfyUI over HTTP"),
+    TP("execution:validate_prompt", "call", "bench/gpu_suite.py", CHECKED, ("prompt_id", "prompt", "partial_execution_list")),
+    )
 del TP
 
 
@@ -277,3 +275,19 @@ def staged_dtype(module, name: str = "weight"):
     archived when it built the model (``<name>_comfy_model_dtype``: cast to when staged), else the tensor's."""
     archived = getattr(module, f"{name}_comfy_model_dtype", None)
     return archived if archived is not None else getattr(module, name).dtype
+
+
+def prompt_executor(server):
+    """ComfyUI's in-process executor with the classic cache, built with the arguments this host's signature takes:
+    newer hosts read cache_args['ram'] / ['ram_inactive'] (and take an asset_manager), 0.3.64 knows neither."""
+    import execution
+
+    params = inspect.signature(execution.PromptExecutor).parameters
+    kwargs = {"cache_type": execution.CacheType.CLASSIC}
+    if "cache_args" in params:
+        kwargs["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    if "asset_manager" in params:
+        from types import SimpleNamespace
+
+        kwargs["asset_manager"] = SimpleNamespace(enabled=False)
+    return execution.PromptExecutor(server, **kwargs)

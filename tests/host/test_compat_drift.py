@@ -68,7 +68,7 @@ def test_touch_point(pack_nodes, key):
 
 
 def test_table_is_well_formed():
-    statuses = {compat.CHECKED, compat.ADAPTED, compat.NOT_STORED, compat.ISSUE15}
+    statuses = {compat.CHECKED, compat.ADAPTED, compat.NOT_STORED}
     for tp in compat.TOUCH_POINTS:
         assert tp.kind in ("attr", "call", "source", "cli") and tp.status in statuses and tp.used_by, tp
         assert tp.kind not in ("source", "cli") or tp.params, tp
