@@ -238,10 +238,8 @@ def stage_workflows(suite):
 
     from host.dpir_env import PHOTO, api_of, write_photo
 
-    cli = load_cli()
-
     sizes, steps = suite.ctx["sizes"], suite.args.steps
-    info = cli.object_info(nodes.NODE_CLASS_MAPPINGS)
+    info = object_info(nodes.NODE_CLASS_MAPPINGS)
     wf_api = load_workflow_api()
     # the writer names the files as the workflows do; a sharded transformer is listed by its index
     rename = {"transformer/diffusion_pytorch_model.safetensors": bench.transformer_name(suite.ctx["models"])}
@@ -294,12 +292,16 @@ def stage_workflows(suite):
     return out
 
 
-def load_cli():
-    """The pack's cli.py (its object_info: what the frontend's /object_info gives ui_to_api)."""
-    spec = importlib.util.spec_from_file_location("dpir_cli", ROOT / "cli.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
+def object_info(mappings) -> dict:
+    """What the server's /object_info gives ui_to_api (inputs, outputs), from the node classes in this process."""
+    out = {}
+    for name, cls in mappings.items():
+        try:
+            out[name] = {"input": cls.INPUT_TYPES(), "output": list(getattr(cls, "RETURN_TYPES", ())),
+                         "output_name": list(getattr(cls, "RETURN_NAMES", None) or getattr(cls, "RETURN_TYPES", ()))}
+        except Exception:  # a core node that fails here cannot be in the shipped workflows
+            continue
+    return out
 
 
 class _QuietServer:
@@ -371,7 +373,7 @@ def stage_reference(suite):
 def positive_prompt(suite, loaded):
     nodes = suite.ctx["nodes"]
     visual = nodes["DPIRVisualPrompt"]().encode(loaded[3], loaded[4], bench.test_image(256))[0]
-    text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")[0]
+    text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")["result"][0]
     return nodes["DPIRDualPrompt"]().combine(visual, text)[0]
 
 
@@ -509,7 +511,7 @@ def stage_t5xxl(suite):
         clip = nodes.CLIPLoader().load_clip(path.name, "sd3")[0]
     prompt = suite.ctx["nodes"]["DPIRT5TextPrompt"]()
     with bench.Memory(device) as first:
-        cond = prompt.encode("a sharp, detailed photo of a cat", clip=clip)[0]
+        cond = prompt.encode("a sharp, detailed photo of a cat", clip=clip)["result"][0]
     with bench.Memory(device) as again:
         prompt.encode("a sharp, detailed photo of a dog", clip=clip)
     tokens = cond[0][0]

@@ -131,9 +131,7 @@ def register_routes() -> bool:
         try:
             body = await request.json()
             out = await asyncio.get_running_loop().run_in_executor(None, model_hashes, body)
-        except ValueError as e:
-            return web.json_response({"error": str(e)}, status=400)
-        except Exception as e:  # DPIRModelError: a name that is missing or escapes its folder
+        except Exception as e:  # a malformed body, or DPIRModelError: a name that is missing or escapes its folder
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(out)
 

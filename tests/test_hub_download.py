@@ -25,6 +25,13 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no token, no cache of this machine
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # huggingface_hub reads HF_HOME once, at import (an earlier test may have imported it): its cache and
+        # token paths are set here too, so no run sees the machine's cache or a file cached by a previous run
+        from huggingface_hub import constants
+
+        for name, sub in (("HF_HUB_CACHE", "hub"), ("HF_TOKEN_PATH", "token"), ("HF_STORED_TOKENS_PATH", "stored_tokens")):
+            if hasattr(constants, name):
+                monkeypatch.setattr(constants, name, str(tmp_path / "hf_home" / sub))
         yield h
 
 
