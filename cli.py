@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import glob
 import importlib.util
 import io
@@ -72,13 +73,19 @@ def find_comfyui(explicit: str | None = None) -> tuple[Path | None, str]:
     return None, "no ComfyUI found: set COMFYUI_PATH, pass --comfyui, or install the pack in ComfyUI/custom_nodes"
 
 
-def _compat():
-    """nodes/compat.py (ComfyUI's differences, detected from the host's files), stand-alone: it imports no ComfyUI."""
-    if "dpir_compat" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("dpir_compat", PACK_ROOT / "nodes" / "compat.py")
-        sys.modules["dpir_compat"] = mod = importlib.util.module_from_spec(spec)
+def _standalone(name: str):
+    """nodes/<name>.py loaded on its own, once (compat, workflow_api: they import no ComfyUI)."""
+    key = f"dpir_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, PACK_ROOT / "nodes" / f"{name}.py")
+        sys.modules[key] = mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-    return sys.modules["dpir_compat"]
+    return sys.modules[key]
+
+
+def _compat():
+    """ComfyUI's differences, detected from the host's files."""
+    return _standalone("compat")
 
 
 def host_flags(host: Path) -> frozenset[str]:
@@ -238,13 +245,6 @@ def choose_workflow(choice: str, size: tuple[int, int], args) -> str:
 # ---------------------------------------------------------------- the prompt
 
 
-def _workflow_api():
-    spec = importlib.util.spec_from_file_location("dpir_workflow_api", PACK_ROOT / "nodes" / "workflow_api.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def summary_loaders(api: dict) -> set[str]:
     return {str(n["inputs"].get("clip_vision_summary", [None])[0]) for n in api.values()
             if n["class_type"] in ("DPIRVisualPrompt", "DPIRTiledPrompt")}
@@ -252,7 +252,7 @@ def summary_loaders(api: dict) -> set[str]:
 
 def build_prompt(ui: dict, object_info: dict, args, image_name: str, models: dict[str, str]) -> dict:
     """The workflow in API format with this run's settings; ``models``: kind → file name to use."""
-    api = _workflow_api().ui_to_api(ui, object_info)
+    api = _standalone("workflow_api").ui_to_api(ui, object_info)
     summary = summary_loaders(api)
     for nid, node in list(api.items()):
         c, inputs = node["class_type"], node["inputs"]
@@ -498,11 +498,22 @@ def parse_args(argv):
     return args
 
 
+@functools.lru_cache(maxsize=None)
 def pack_version() -> str:
     import re
 
     m = re.search(r'^version\s*=\s*"([^"]+)"', (PACK_ROOT / "pyproject.toml").read_text(), re.M)
     return m.group(1) if m else "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def _workflow_text(name: str) -> str:
+    return (PACK_ROOT / "workflows" / f"{name}.json").read_text()
+
+
+def shipped_workflow(name: str) -> dict:
+    """A fresh copy of workflows/<name>.json (read from disk once per run)."""
+    return json.loads(_workflow_text(name))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -546,8 +557,7 @@ async def batch(args, jobs, server: Headless | None, url: str) -> tuple[int, lis
                 bar.update(1)
                 continue
             workflow = choose_workflow(args.workflow, size, args)
-            ui = json.loads((PACK_ROOT / "workflows" / f"{workflow}.json").read_text())
-            api = build_prompt(ui, object_info, args, await client.upload(data, name), models)
+            api = build_prompt(shipped_workflow(workflow), object_info, args, await client.upload(data, name), models)
             try:
                 entry = await run_prompt(client, api, bar)
             except PromptRejected as e:

@@ -6,6 +6,7 @@ unloaded right after, so the DiT gets the room back.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -65,6 +66,7 @@ def list_caption_models() -> list[str]:
     return sorted(out)
 
 
+@functools.lru_cache(maxsize=1)
 def _t5_token_counter():
     """Token count (end token included) with the T5 tokenizer files ComfyUI ships for SD3."""
     import comfy.text_encoders.sd3_clip as sd3_clip
@@ -173,18 +175,16 @@ class DPIRCaption:
             if not keep_loaded:
                 _unload(patcher)
         count = _t5_token_counter()
-        shown, cut = [], 0
-        for i, text in enumerate(captions):
-            if count is not None:
-                text, was_cut = fit_tokens(text, count, T5_TOKENS)
+        cut = 0
+        if count is not None:
+            for i, text in enumerate(captions):
+                captions[i], was_cut = fit_tokens(text, count, T5_TOKENS)
                 cut += was_cut
-                captions[i] = text
-            shown.append(text)
         warning = (f"⚠ {cut} caption(s) cut to fit T5's {T5_TOKENS} tokens; lower max_new_tokens or ask for a "
                    "shorter description") if cut else ""
         if warning:
             log.warning("DPIR Caption: %s", warning)
-        return {"ui": {"text": shown, "warning": [warning]}, "result": (captions,)}
+        return {"ui": {"text": list(captions), "warning": [warning]}, "result": (captions,)}
 
 
 NODE_CLASS_MAPPINGS = {"DPIRCaption": DPIRCaption}

@@ -64,6 +64,8 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
        ("patch", "name", "block_name", "number")),
     TP("comfy.model_patcher:ModelPatcher.add_wrapper_with_key", "call", "nodes/lq_injection.py", CHECKED,
        ("wrapper_type", "key", "wrapper")),
+    TP("comfy.model_patcher:ModelPatcher.set_additional_models", "call", "nodes/tiled_sampling.py (LQ branch loaded "
+       "with the DiT for the tiles' own features)", CHECKED, ("key", "models")),
     TP("comfy.model_patcher:ModelPatcher.set_model_unet_function_wrapper", "attr", "tests/host/test_tiled.py", CHECKED),
     TP("comfy.model_patcher:ModelPatcher", "attr", "nodes/loaders.py (DPIR Model Loader)", ADAPTED,
        note="newer: cached_patcher_init (reload factory for MultiGPU deep clones and non-dynamic delegates) is set "

@@ -9,7 +9,6 @@ The download logic itself is models/hub_download.py (plain Python, also used wit
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..models.hub_download import DownloadError, download, plan_kind
+from ..models.hub_download import DownloadError, download, plan_kind, sha256_file
 from .model_files import MODEL_FILES, resolve
 
 ROUTE = "/dpir/download"
@@ -86,11 +85,7 @@ def model_hashes(body) -> dict:
             st = f.stat()
             key = (str(f), st.st_size, st.st_mtime_ns)
             if key not in _hashes:
-                h = hashlib.sha256()
-                with open(f, "rb") as fh:
-                    while block := fh.read(8 * 2**20):
-                        h.update(block)
-                _hashes[key] = h.hexdigest()
+                _hashes[key] = sha256_file(f)
             entry[os.path.relpath(f, path.parent if path.is_file() else path)] = _hashes[key]
         out[kind] = {"name": name, "sha256": entry}
     return out

@@ -187,7 +187,7 @@ def attach(model, tiles: TileSet, tile_batch: int, lq_features: str = "tile"):
     sampling device, for the tiles' own features."""
     model.model_options["sampler_calc_cond_batch_function"] = TiledCondBatch(tiles, tile_batch, lq_features)
     lq = injection_of(model.model_options)
-    if lq is not None and lq.branch is not None and lq_features == "tile" and hasattr(model, "set_additional_models"):
+    if lq is not None and lq.branch is not None and lq_features == "tile":
         model.set_additional_models(KEY, [lq.branch.patcher])
 
 
