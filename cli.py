@@ -102,9 +102,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pack_installed(host: Path, base: Path | None) -> bool:
-    for root in filter(None, (host / "custom_nodes", base and base / "custom_nodes")):
-        if root.is_dir() and any(p.resolve() == PACK_ROOT for p in root.iterdir() if p.is_dir()):
+def _pack_loaded_by(host: Path, base: Path | None, extra_paths: Path | None) -> bool:
+    """Whether the ComfyUI started with these options finds this checkout in a custom_nodes folder it loads
+    (with --base-directory that is the base directory's, not the host's: compat.custom_node_roots)."""
+    for root in _compat().custom_node_roots(host, base, (extra_paths,) if extra_paths else ()):
+        if root.is_dir() and any(p.is_dir() and p.resolve() == PACK_ROOT for p in root.iterdir()):
             return True
     return False
 
@@ -114,6 +116,7 @@ class Headless:
 
     def __init__(self, host: Path, cpu: bool, base: Path | None, extra_paths: Path | None, online: bool):
         flags = host_flags(host)
+        self.host = host
         self.tmp = Path(tempfile.mkdtemp(prefix="dpir-cli-"))
         self.port = _free_port()
         cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port)]
@@ -132,7 +135,7 @@ class Headless:
                 (base / sub).mkdir(parents=True, exist_ok=True)
             cmd += ["--base-directory", str(base)]
         configs = [extra_paths] if extra_paths else []
-        if not _pack_installed(host, base):  # the pack is not in custom_nodes: make ComfyUI load this checkout
+        if not _pack_loaded_by(host, base, extra_paths):  # ComfyUI would not load it: point it at this checkout
             (self.tmp / "custom_nodes").mkdir()
             os.symlink(PACK_ROOT, self.tmp / "custom_nodes" / PACK_NAME, target_is_directory=True)
             yaml = self.tmp / "dpir_cli_paths.yaml"
@@ -343,6 +346,18 @@ class Client:
                                  + (f":\n{proc.log_tail()}" if proc else ""))
             await asyncio.sleep(0.5)
 
+    async def require_pack(self, proc: Headless | None):
+        """SetupError unless this ComfyUI runs the DPIR nodes (a pack that failed to import, or a --server
+        without it, would otherwise fail later as an unknown node type)."""
+        status, info = await self.json("GET", "/object_info/DPIRModelLoader")
+        if status == 200 and isinstance(info, dict) and "DPIRModelLoader" in info:
+            return
+        if proc is None:
+            raise SetupError(f"the ComfyUI at {self.url} has no DPIR nodes: install {PACK_NAME} in its custom_nodes "
+                             "folder and restart it, or leave out --server to start one here")
+        raise SetupError(f"the ComfyUI started from {proc.host} did not load {PACK_NAME} ({PACK_ROOT}); "
+                         f"its log ends with:\n{proc.log_tail()}")
+
     async def connect(self):
         self.ws = await self.http.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=30)
 
@@ -532,6 +547,7 @@ async def batch(args, jobs, server: Headless | None, url: str) -> tuple[int, lis
     async with aiohttp.ClientSession() as http:
         client = Client(http, url)
         await client.wait_up(server)
+        await client.require_pack(server)
         await client.connect()
         models: dict[str, str] = {}
         if args.download:

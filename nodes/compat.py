@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,14 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
        note="newer reads extra_paths.yaml first (extra_model_paths.yaml only without it): path_configs / "
             "path_config_name below; cli.py still loads the host's extra_model_paths.yaml itself (issue 15 rewrites "
             "it to start ComfyUI, which reads its own)"),
+    TP("folder_paths", "source", "cli.py (which custom_nodes a started ComfyUI loads)", CHECKED,
+       ("args.base_directory", 'os.path.join(base_path, "custom_nodes")'),
+       note="--base-directory moves custom_nodes: ComfyUI then loads the base directory's, not its own "
+            "(custom_node_roots below)"),
+    TP("utils/extra_config.py", "source", "cli.py (custom_nodes entries of extra-paths YAML files)", CHECKED,
+       ("base_path", 'split("\\n")', "os.path.join(yaml_dir"),
+       note="how a YAML entry's folder is resolved (_yaml_custom_nodes below follows it; newer moved the loop into "
+            "_extra_paths, same rules)"),
     TP("comfy/cli_args.py", "cli", "tests/host/comfy_harness.py, tests/host/conftest.py, bench, cli.py", ADAPTED,
        ("--cpu", "--listen", "--port", "--base-directory", "--database-url", "--disable-auto-launch",
         "--disable-all-custom-nodes", "--whitelist-custom-nodes", "--extra-model-paths-config"),
@@ -236,6 +245,46 @@ def path_configs(comfy_root: Path | str) -> list[Path]:
     preferred = root / path_config_name(root)
     legacy = root / "extra_model_paths.yaml"
     return [p for p in (preferred if preferred.is_file() else legacy,) if p.is_file()]
+
+
+def custom_node_roots(comfy_root: Path | str, base_directory: Path | str | None = None,
+                      extra_configs: tuple = ()) -> list[Path]:
+    """The folders a ComfyUI started with ``--base-directory base_directory`` and ``--extra-model-paths-config
+    extra_configs`` loads custom node packs from: its ``custom_nodes`` (under the base directory where the host's
+    folder_paths.py builds that folder from the base path, as 0.3.64 and the newer sources do: ComfyUI then
+    skips its own ``custom_nodes``), then the ``custom_nodes`` entries of the extra-paths YAML files it reads (its
+    own, then the given ones)."""
+    root = Path(comfy_root)
+    try:
+        fp = (root / "folder_paths.py").read_text(encoding="utf-8")
+    except OSError:
+        fp = ""
+    moves = "base_directory" in fp and 'os.path.join(base_path, "custom_nodes")' in fp
+    roots = [(Path(base_directory) if base_directory is not None and moves else root) / "custom_nodes"]
+    for cfg in (*path_configs(root), *map(Path, extra_configs)):
+        roots += _yaml_custom_nodes(cfg)
+    return roots
+
+
+def _yaml_custom_nodes(cfg: Path) -> list[Path]:
+    """The ``custom_nodes`` folders of one extra-paths YAML, resolved as utils/extra_config.py does."""
+    try:
+        import yaml  # a ComfyUI requirement
+
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+    except Exception:  # unreadable or not YAML: ComfyUI reports it itself
+        return []
+    out, here = [], Path(os.path.abspath(cfg)).parent
+    for conf in data.values() if isinstance(data, dict) else ():
+        if not isinstance(conf, dict) or not isinstance(conf.get("custom_nodes"), str):
+            continue
+        base = conf.get("base_path")
+        base = Path(os.path.expandvars(os.path.expanduser(base))) if isinstance(base, str) else None
+        if base is not None and not base.is_absolute():
+            base = here / base
+        for line in filter(None, conf["custom_nodes"].split("\n")):
+            out.append(Path(os.path.normpath((base or here) / line)))
+    return out
 
 
 def _accepts(fn, name: str) -> bool:

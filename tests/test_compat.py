@@ -61,6 +61,37 @@ def test_path_config_follows_what_main_reads(tmp_path):
     assert compat.path_configs(old) == []
 
 
+FOLDER_PATHS = '''if args.base_directory:
+    base_path = os.path.abspath(args.base_directory)
+else:
+    base_path = os.path.dirname(os.path.realpath(__file__))
+folder_names_and_paths["custom_nodes"] = ([os.path.join(base_path, "custom_nodes")], set())
+'''
+
+
+def test_custom_node_roots_follow_the_base_directory_and_the_yaml_files(tmp_path):
+    root = host(tmp_path / "comfy", OLD_ARGS, OLD_MAIN)
+    (root / "folder_paths.py").write_text(FOLDER_PATHS)
+    base = tmp_path / "base"
+    assert compat.custom_node_roots(root) == [root / "custom_nodes"]
+    assert compat.custom_node_roots(root, base) == [base / "custom_nodes"]  # not the host's: ComfyUI skips it
+    # a host whose custom_nodes stays put under --base-directory keeps its own
+    (root / "folder_paths.py").write_text(FOLDER_PATHS.replace('os.path.join(base_path, "custom_nodes")',
+                                                               'os.path.join(install_dir, "custom_nodes")'))
+    assert compat.custom_node_roots(root, base) == [root / "custom_nodes"]
+    (root / "folder_paths.py").write_text(FOLDER_PATHS)
+    # YAML entries, resolved as utils/extra_config.py does: base_path relative to the file, several lines
+    (root / "extra_model_paths.yaml").write_text("a:\n  base_path: shared\n  custom_nodes: |\n    nodes1\n    /abs/nodes2\n"
+                                                 "  checkpoints: models/checkpoints\nb:\n  custom_nodes: more\n")
+    given = tmp_path / "cfg" / "given.yaml"
+    given.parent.mkdir()
+    given.write_text('{"c": {"custom_nodes": "cn"}, "d": null}')
+    assert compat.custom_node_roots(root, base, (given,)) == [
+        base / "custom_nodes", root / "shared" / "nodes1", Path("/abs/nodes2"), root / "more", given.parent / "cn"]
+    given.write_text("not: [valid")  # ComfyUI reports a broken file itself
+    assert compat.custom_node_roots(root, None, (given,))[0] == root / "custom_nodes"
+
+
 def test_reload_factory_only_where_the_patcher_has_it():
     class Classic:  # 0.3.64's ModelPatcher has no cached_patcher_init
         pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,37 @@ def find_comfyui() -> HostLookup:
     if is_comfyui(home):
         return HostLookup(home.resolve(), f"default location {home}")
     return HostLookup(None, f"no ComfyUI found: COMFYUI_PATH unset, none above {here}, none at {home}")
+
+
+# what a ComfyUI writes into (or a user keeps in) its folder: never shared with a copy
+HOST_DATA = frozenset({"custom_nodes", "models", "input", "output", "temp", "user", ".git", "__pycache__"})
+
+
+def copy_host(src: Path, dest: Path) -> Path:
+    """A throw-away ComfyUI at ``dest``: the code of the one at ``src`` as hard links (a copy across file
+    systems), with empty data folders (see HOST_DATA), so what the copy writes never reaches ``src``. Links, not
+    symlinks: ComfyUI takes its folder from ``os.path.realpath(__file__)``. ComfyUI and Python replace files
+    (``__pycache__`` is not shared), never rewrite the linked ones in place."""
+    src, dest = Path(src).resolve(), Path(dest)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    for entry in src.iterdir():
+        if entry.name in HOST_DATA:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name, copy_function=link,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            link(entry, dest / entry.name)
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    return dest
 
 
 def host_device() -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 import tiny_models as tm
 from fake_hub import FakeHub
 
-from .comfy_harness import PACK_ROOT
+from .comfy_harness import PACK_NAME, PACK_ROOT, copy_host
 from .dpir_env import PROMPT_EMBEDDING, write_model_set, write_photo
 from .test_downloads import publish
 
@@ -48,6 +49,48 @@ def test_missing_models_are_listed_with_their_folders(comfyui_path, tmp_path):
                    "cli.py --download"):
         assert needle in out.stderr, needle
     assert not (tmp_path / "out").exists()
+
+
+MISSING = ("transformer/diffusion_pytorch_model.safetensors' is missing", "sd3_vae.safetensors' is missing",
+           "t5xxl_fp16.safetensors", "cli.py --download")
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["pack in custom_nodes", "pack outside ComfyUI"])
+@pytest.mark.parametrize("base", [False, True], ids=["ComfyUI's folders", "--base-directory"])
+def test_the_started_comfyui_loads_the_pack_in_every_layout(comfyui_path, tmp_path, inside, base):
+    """The README installs the pack as ComfyUI/custom_nodes/ComfyUI-DPIR; with --base-directory ComfyUI then loads
+    the base directory's custom_nodes, not its own, so cli.py must point it at the pack there too. A missing-models
+    answer needs the DPIR loaders in /object_info: the pack was loaded. Each layout runs on a throw-away copy of
+    the host (ComfyUI writes into its own folders without --base-directory)."""
+    host = copy_host(comfyui_path, tmp_path / "ComfyUI")
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    if inside:  # found as the folder above the pack, as an artist's install is
+        (host / "custom_nodes" / PACK_NAME).symlink_to(PACK_ROOT, target_is_directory=True)
+        cli = host / "custom_nodes" / PACK_NAME / "cli.py"
+    else:
+        cli, env["COMFYUI_PATH"] = PACK_ROOT / "cli.py", str(host)
+    args = [write_photo(tmp_path / "photo.png"), "-o", tmp_path / "out", *TINY]
+    if base:
+        args += ["--base-directory", tmp_path / "base"]
+    out = subprocess.run([sys.executable, str(cli), *map(str, args)], env={**env, "PYTHONUNBUFFERED": "1"},
+                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert f"starting ComfyUI ({host}" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2, out.stderr[-3000:]
+    for needle in MISSING:
+        assert needle in out.stderr, (needle, out.stderr[-3000:])
+    assert "unknown node type" not in out.stderr and "did not load" not in out.stderr
+    used, unused = (tmp_path / "base", host) if base else (host, tmp_path / "base")
+    assert list((used / "input").rglob("*photo.png")) and not list((unused / "input").rglob("*photo.png"))
+
+
+def test_a_server_without_the_pack_is_named(start_server, tmp_path):
+    """--server at a ComfyUI that lacks the DPIR nodes: one actionable line, before any upload."""
+    bare = start_server(extra_args=["--whitelist-custom-nodes", "no-such-pack"], fresh=True)
+    run = run_cli(Path("/nonexistent"), write_photo(tmp_path / "photo.png"), "-o", tmp_path / "out",
+                  "--server", bare.url, *TINY)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"the ComfyUI at {bare.url} has no DPIR nodes: install ComfyUI-DPIR in its custom_nodes" in run.stderr
+    assert not list(bare.input_dir.rglob("*photo*"))
 
 
 def test_folder_batch_reports_bad_images_and_skips_done_ones(comfyui_path, models, tmp_path):
