@@ -486,6 +486,7 @@ async def download(client: Client, kinds: list[str]) -> dict:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="Restore photos with DPIR through ComfyUI's HTTP API.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"ComfyUI-DPIR {pack_version()}")
     ap.add_argument("inputs", nargs="*", help="images, folders or glob patterns ('scans/**/*.png')")
     ap.add_argument("-o", "--output", type=Path, help="output folder (or one .png file for a single input)")
     ap.add_argument("-r", "--recursive", action="store_true", help="also restore images in sub-folders of a folder")
@@ -513,12 +514,8 @@ def parse_args(argv):
     return args
 
 
-@functools.lru_cache(maxsize=None)
 def pack_version() -> str:
-    import re
-
-    m = re.search(r'^version\s*=\s*"([^"]+)"', (PACK_ROOT / "pyproject.toml").read_text(), re.M)
-    return m.group(1) if m else "unknown"
+    return _standalone("version").pack_version()
 
 
 @functools.lru_cache(maxsize=None)

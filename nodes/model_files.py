@@ -22,6 +22,7 @@ DPIR_REPO = "DehongKong/dpir"
 # by layout from the repository's file list (the release's exact file names may change); "files" maps repository
 # paths to the names the workflows use; "single" saves one weights file under that name. "workflow": the file
 # the shipped workflows name, with a direct URL for ComfyUI's missing-models dialog (tools/build_workflows.py).
+# "licence": the model's own licence as its model card states it ("see the model card" where none is stated).
 
 MODEL_FILES = {
     "dpir_transformer": {
@@ -31,6 +32,7 @@ MODEL_FILES = {
                     "diffusion_pytorch_model*.safetensors), or one .safetensors/.pth made from it",
         "source": "Hugging Face: DehongKong/dpir (linked from github.com/kongdehong/DPIR)",
         "hub": [{"repo": DPIR_REPO, "pick": "transformer"}],
+        "licence": "see the model card (DehongKong/dpir); a fine-tune of SD3 Medium",
     },
     "robust_vae": {
         "folder": DPIR_FOLDER,
@@ -39,6 +41,7 @@ MODEL_FILES = {
                     "or its single file / encoder-only file",
         "source": "Hugging Face: DehongKong/dpir",
         "hub": [{"repo": DPIR_REPO, "pick": "robust_vae"}],
+        "licence": "see the model card (DehongKong/dpir); SD3 Medium's VAE, re-trained encoder",
     },
     "sd3_vae": {
         "folder": "vae",
@@ -50,6 +53,7 @@ MODEL_FILES = {
                  "note": "gated: accept the SD3 licence on its page"},
                 {"repo": DPIR_REPO, "pick": "robust_vae", "single": "sd3_vae.safetensors",
                  "note": "alternative: the DPIR robust VAE's full file, whose decoder is SD3's own"}],
+        "licence": "Stability AI Community License (accept it on the model page)",
         "workflow": {"name": "sd3_vae.safetensors", "url": "https://huggingface.co/stabilityai/"
                      "stable-diffusion-3-medium-diffusers/resolve/main/vae/diffusion_pytorch_model.safetensors"},
     },
@@ -60,6 +64,7 @@ MODEL_FILES = {
         "source": "Hugging Face: openai/clip-vit-base-patch32",
         "hub": [{"repo": "openai/clip-vit-base-patch32",
                  "files": {"model.safetensors": "clip_vit_b32.safetensors", "config.json": "clip_vit_b32.json"}}],
+        "licence": "see the model card (openai/clip-vit-base-patch32)",
         "workflow": {"name": "clip_vit_b32.safetensors",
                      "url": "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/model.safetensors"},
     },
@@ -70,6 +75,7 @@ MODEL_FILES = {
         "source": "Hugging Face: laion/CLIP-ViT-bigG-14-laion2B-39B-b160k, or comfyanonymous/clip_vision_g",
         "hub": [{"repo": "comfyanonymous/clip_vision_g",
                  "files": {"clip_vision_g.safetensors": "clip_vision_g.safetensors", "clip_vision_g.json": "clip_vision_g.json"}}],
+        "licence": "MIT (the LAION ViT-bigG/14 model card)",
         "workflow": {"name": "clip_vision_g.safetensors",
                      "url": "https://huggingface.co/comfyanonymous/clip_vision_g/resolve/main/clip_vision_g.safetensors"},
     },
@@ -79,6 +85,7 @@ MODEL_FILES = {
         "expected": "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors",
         "source": "Hugging Face: comfyanonymous/flux_text_encoders (or the SD3 text_encoders folder)",
         "hub": [{"repo": "comfyanonymous/flux_text_encoders", "files": {"t5xxl_fp16.safetensors": "t5xxl_fp16.safetensors"}}],
+        "licence": "Apache-2.0 (google/t5-v1_1-xxl)",
         "workflow": {"name": "t5xxl_fp16.safetensors",
                      "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"},
     },
@@ -88,6 +95,7 @@ MODEL_FILES = {
         "expected": "a .safetensors or .pt holding one (1, 256, 4096) tensor",
         "source": "made with the 'DPIR Save T5 Embedding' node, or the DPIR release's default prompt embedding",
         "hub": [{"repo": DPIR_REPO, "pick": "t5_embedding"}],
+        "licence": "your own (made with T5-XXL, Apache-2.0); the release's file: see the DehongKong/dpir model card",
     },
     "caption_model": {
         "folder": "LLM",
@@ -97,6 +105,8 @@ MODEL_FILES = {
                     "Florence-2",
         "source": "Hugging Face: e.g. Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen3-VL-2B-Instruct, "
                   "HuggingFaceTB/SmolVLM-Instruct, llava-hf/llava-1.5-7b-hf, florence-community/Florence-2-large",
+        "licence": "each model's own: Qwen2.5-VL-3B: Qwen Research License (non-commercial); Qwen3-VL-2B, SmolVLM: "
+                   "Apache-2.0; LLaVA-1.5: Llama 2 Community License; Florence-2: MIT; others: see the model card",
     },
 }
 

@@ -7,7 +7,7 @@
   same rule, web/js/dpir_tile_plan.js);
 * ``GET /dpir/model_files``: ``MODEL_FILES`` with the guidance text of each
   kind (the text of the loaders' "file missing" errors), for the in-node
-  guidance of loaders that have no file.
+  guidance of loaders that have no file, and the pack's version (pyproject.toml).
 
 UI results go under keys of their own (``dpir_compare``, ``dpir_tiles``), not
 ``images``, so the frontend's default image preview does not pick them up.
@@ -27,6 +27,7 @@ from PIL import Image
 import folder_paths
 
 from .model_files import MODEL_FILES, guidance, list_models
+from .version import pack_version
 
 ROUTE = "/dpir/model_files"
 # the model-file kinds a loader widget needs (a CLIP vision loader is used for either tower)
@@ -105,6 +106,7 @@ def model_files_payload() -> dict:
         "guidance": {kind: guidance(kind) for kind in MODEL_FILES},
         "loaders": LOADER_KINDS,
         "listed": {node: list_models(folder) for node, folder in LOADER_FOLDERS.items()},
+        "version": pack_version(),
     }
 
 
