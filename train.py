@@ -1,4 +1,4 @@
-"""Training entry point of ComfyUI-DPIR (robust VAE, DPIR, T5 cache, export). See README → Training.
+"""Training entry point of ComfyUI-DPIR (robust VAE, DPIR, T5 cache, export). See docs/training.md.
 
     python train.py dpir --config training/configs/dpir.yaml
     accelerate launch --config_file training/configs/accelerate/ddp.yaml train.py dpir --config my.yaml

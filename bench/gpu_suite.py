@@ -4,7 +4,7 @@
                               [--only STAGE ...] [--skip STAGE ...]
 
 On a GPU machine without network or ComfyUI, prepare what travels with ``python bench/prepare_gpu.py`` and
-run the command it prints (README, Benchmarks). ``--device cpu --size tiny`` is the same suite on tiny models,
+run the command it prints (docs/gpu-suite.md). ``--device cpu --size tiny`` is the same suite on tiny models,
 the form CI runs (tests/test_gpu_suite.py).
 
 It writes random weights in the official formats at the real shapes (bench/real_weights.py; SD3-medium DiT + LQ

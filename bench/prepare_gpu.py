@@ -15,7 +15,7 @@ Writes the git-ignored folder ``.gpu/`` in the pack (about 20 MiB; the device to
   sys.path, so a real av, where installed, always wins. Touching the stand-in raises ImportError.
 
 Then, on the GPU machine (the device tool: carry [".gpu"]), run the one command that --help prints last (COMMAND
-below; also in README, Benchmarks). It installs the wheels into /tmp/site (no network, no dependencies resolved: every one is here), then runs the
+below; also in docs/gpu-suite.md). It installs the wheels into /tmp/site (no network, no dependencies resolved: every one is here), then runs the
 suite on the GPU (--budget-s keeps it inside 8 minutes with its set-up). Results: $OUT/gpu_suite.json and
 $OUT/gpu_suite.md, rewritten after every stage.
 """
@@ -34,7 +34,7 @@ from host.comfy_harness import find_comfyui  # noqa: E402
 
 DEST = ROOT / ".gpu"
 # Pure-Python wheels the GPU image lacks (KINDS.md lists what it has). Versions: the ones proven in the
-# device-like virtual environment (README, Benchmarks).
+# device-like virtual environment (docs/gpu-suite.md).
 WHEELS = ["diffusers==0.42.1", "importlib_metadata==8.7.0", "torchsde==0.2.6", "trampoline==0.1.2"]
 SKIP = {"tests", "tests-unit", ".git", ".github", ".ci", "script_examples", "comfy_api_nodes", "__pycache__",
         "custom_nodes", "models", "input", "output", "temp", "user", "web_custom_versions"}

@@ -13,7 +13,7 @@ Three blind estimators on (B, 3, H, W) images in [0, 1], each per image:
   None where no such lattice is found (never JPEG-coded, or resized after it).
 
 Their errors on images degraded by ``training/degradation.py`` are measured by
-``bench/estimators.py`` (README, "Automatic prompts").
+``bench/estimators.py`` (docs/usage.md, "Automatic prompts").
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 cannot rot: bench/prepare_gpu.py copies the host ComfyUI as it would travel (without its tests, CI files,
 examples and API nodes), and the suite runs on that copy in a subprocess, every stage, on tiny models.
 The wheels are not downloaded here (this environment has diffusers and torchsde); the device-like
-environment without them was proven once by hand (README, Benchmarks)."""
+environment without them was proven once by hand (docs/gpu-suite.md)."""
 from __future__ import annotations
 
 import json

@@ -121,3 +121,15 @@ def test_even_an_eager_upgrade_leaves_torch_alone():
     assert run.returncode == 0, run.stderr[-2000:]
     installs = _installs(run)
     assert not TORCH & set(installs), f"an eager upgrade of requirements.txt would install {installs}"
+
+
+def test_publish_workflow_runs_the_registry_action_on_a_version_change():
+    yaml = pytest.importorskip("yaml")
+    flow = yaml.safe_load((PACK_ROOT / ".github" / "workflows" / "publish.yml").read_text())
+    on = flow[True]  # YAML 1.1 reads the key `on` as true
+    assert on["push"] == {"branches": ["main"], "paths": ["pyproject.toml"]} and "workflow_dispatch" in on
+    publish = flow["jobs"]["publish-node"]
+    assert publish["needs"] == "version" and "changed == 'true'" in publish["if"]
+    step = next(s for s in publish["steps"] if s.get("uses", "").startswith("Comfy-Org/publish-node-action@"))
+    assert step["with"]["personal_access_token"] == "${{ secrets.REGISTRY_ACCESS_TOKEN }}"
+    assert 'tomllib.loads(sys.stdin.read())["project"]["version"]' in flow["jobs"]["version"]["steps"][1]["run"]

@@ -81,7 +81,7 @@ def _bench():
 
 
 def test_estimators_on_images_degraded_by_the_trainer():
-    """Bounds a little above what bench/estimators.py measures (README, "Restoration prompts")."""
+    """Bounds a little above what bench/estimators.py measures (docs/usage.md, "Automatic prompts")."""
     bench = _bench()
     res = bench.measure(images=6, size=192, seed=100)
     noise = bench.summary(res["noise"])

@@ -44,6 +44,17 @@ def test_server_is_up_and_pack_imports(comfy_server, object_info):
         assert object_info[name]["category"], name
 
 
+def test_server_reports_the_pyproject_version(comfy_server):
+    """The version the node registry publishes (pyproject.toml) is the one the running pack reports."""
+    import tomllib
+
+    from .comfy_harness import PACK_ROOT
+
+    version = tomllib.loads((PACK_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    status, body = comfy_server.request("GET", "/dpir/model_files")
+    assert status == 200 and body["version"] == version
+
+
 def test_core_workflow_runs_and_saves_png(comfy_server, object_info, workflow_api):
     api = workflow_api.ui_to_api(_ui(), object_info)
     assert set(api) == {"1", "2", "3", "4"}
