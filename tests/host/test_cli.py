@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,7 @@ def test_folder_batch_reports_bad_images_and_skips_done_ones(comfyui_path, model
         real = hashlib.sha256((root / "dpir" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes())
         assert model_hash == real.hexdigest()
         assert side["models"]["t5_embedding"]["name"] == PROMPT_EMBEDDING
+        assert side["pack_version"] == tomllib.loads((PACK_ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert not (out_dir / "broken.png").exists() and not list(out_dir.rglob("*.part"))
     assert "5/5" not in run.stderr and "4/4 [" in run.stderr  # one progress bar over the readable images
     # a second run finds every output and starts no ComfyUI for them
