@@ -38,3 +38,45 @@ def redact(text, token: str | None = None) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text
+
+
+class RedactingFilter:
+    """A logging filter that masks secrets in the records of the HTTP and Hub libraries (httpx logs each
+    request's status line, reason phrase included, at INFO; ComfyUI shows INFO)."""
+
+    def filter(self, record) -> bool:
+        if isinstance(record.msg, str) and not record.args:
+            record.msg = _mask(record.msg)
+        else:
+            try:
+                record.msg, record.args = _mask(record.getMessage()), None
+            except Exception:  # a record that cannot be formatted is left to the handler's own error
+                pass
+        return True
+
+
+# the loggers of the libraries that talk to a Hub mirror (huggingface_hub's own children included)
+LIBRARY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "requests", "huggingface_hub", "hf_xet")
+
+
+def protect_loggers() -> None:
+    """Put a RedactingFilter on the loggers of the libraries a download goes through (once each)."""
+    import logging
+
+    names = set(LIBRARY_LOGGERS) | {n for n in logging.Logger.manager.loggerDict
+                                    if n.split(".")[0] in LIBRARY_LOGGERS}
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+def _mask(text: str) -> str:
+    """redact() without reading the stored token file (a log record must stay cheap): the environment's tokens
+    and the patterns (which match every real Hugging Face token)."""
+    for t in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+        if t and len(t) >= 4:
+            text = text.replace(t, MASK)
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text

@@ -27,7 +27,7 @@ from pathlib import Path
 import folder_paths
 
 from ..models.hub_download import DownloadError, download, plan_kind, sha256_file
-from ..models.redact import redact
+from ..models.redact import protect_loggers, redact
 from .model_files import DPIR_FOLDER, MODEL_FILES, list_models, resolve
 
 ROUTE = "/dpir/download"
@@ -188,6 +188,8 @@ def register_routes() -> bool:
                                                "tools such as cli.py"}, status=403)
         return None
 
+    protect_loggers()  # before the first download: the libraries log status lines a mirror may fill with the token
+
     @instance.routes.post(ROUTE)
     async def dpir_download(request):
         if (answer := refused(request)) is not None:
@@ -201,6 +203,7 @@ def register_routes() -> bool:
         if not _busy.acquire(blocking=False):
             return web.json_response({"error": "a download is already running"}, status=409)
         try:
+            protect_loggers()  # again: loggers the libraries created since (huggingface_hub's children)
             results = await asyncio.get_running_loop().run_in_executor(None, fetch, kinds, progress)
         finally:
             _busy.release()
