@@ -73,11 +73,11 @@ def find_comfyui(explicit: str | None = None) -> tuple[Path | None, str]:
     return None, "no ComfyUI found: set COMFYUI_PATH, pass --comfyui, or install the pack in ComfyUI/custom_nodes"
 
 
-def _standalone(name: str):
-    """nodes/<name>.py loaded on its own, once (compat, workflow_api: they import no ComfyUI)."""
+def _standalone(name: str, folder: str = "nodes"):
+    """<folder>/<name>.py loaded on its own, once (compat, workflow_api, models/redact: they import no ComfyUI)."""
     key = f"dpir_{name}"
     if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, PACK_ROOT / "nodes" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(key, PACK_ROOT / folder / f"{name}.py")
         sys.modules[key] = mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     return sys.modules[key]
@@ -86,6 +86,12 @@ def _standalone(name: str):
 def _compat():
     """ComfyUI's differences, detected from the host's files."""
     return _standalone("compat")
+
+
+def redact(text) -> str:
+    """Text from the server with token values and Authorization echoes masked (models/redact.py): a server of an
+    older pack, or a --server elsewhere, may pass on what a Hub mirror echoed."""
+    return _standalone("redact", "models").redact(text)
 
 
 def host_flags(host: Path) -> frozenset[str]:
@@ -471,12 +477,12 @@ async def download(client: Client, kinds: list[str]) -> dict:
             b.close()
     status, body = await task
     if status != 200:
-        raise SetupError(f"POST /dpir/download: HTTP {status}: {body}")
+        raise SetupError(redact(f"POST /dpir/download: HTTP {status}: {body}"))
     results = body["results"]
     for kind, r in results.items():
         print(f"  {kind}: " + (f"{', '.join(r['names'])} in models/{r['folder']}/ (from {r['repo']}"
                                f"{'' if r['downloaded'] else ', already there'})" if r["ok"] else "FAILED\n    "
-                               + r["error"].replace("\n", "\n    ")), file=sys.stderr)
+                               + redact(r["error"]).replace("\n", "\n    ")), file=sys.stderr)
     return results
 
 
@@ -639,7 +645,7 @@ def main(argv=None) -> int:
             done, more = asyncio.run(batch(args, jobs, server, url))
             failed += more
     except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return 2
     finally:
         if server is not None:

@@ -9,16 +9,18 @@ A *source* is one entry of a kind's ``"hub"`` list in ``MODEL_FILES``
 2. picks the files by the layouts the loaders recognise (a diffusers folder with
    its config and shards, a single file, a consolidated ``.pth``, a
    ``pos_embed.t5``, a T5 prompt embedding) and nothing else;
-3. checks that the token may read them (gated repositories) and that the disk
-   has room, before a byte is written;
-4. downloads with ``huggingface_hub`` (resume after a cut, its cache, the token
-   from ``HF_TOKEN`` / ``hf auth login``) into a hidden staging folder beside the
-   destination model folder, verifies each file's size and sha256 (git blob
-   id for small non-LFS files), and only then renames them to their final
-   names; a file that fails verification is deleted.
+3. checks every chosen path itself (plain relative paths only: no ``..``, absolute paths, backslashes, drive
+   letters, empty parts or odd characters), requires a size and a hash (LFS sha256 or git blob id) for each
+   file from the listing (the table's own ``verify`` entries win over the mirror's word), and checks that the
+   token may read them (gated repositories) and that the disk has room, before a byte is written;
+4. downloads with ``huggingface_hub`` (its cache, the token from ``HF_TOKEN`` / ``hf auth login``) into a
+   hidden staging folder beside the destination model folder, stops a transfer at the first byte past the
+   listed size, verifies each file's size and hash, and only then renames them to their final names; a file
+   that fails is deleted.
 
 Destinations are built from the table's local names only (never from a
-request), and every path stays inside the destination folder.
+request), and every path stays inside the destination folder. Messages from the Hub library pass through
+models/redact.py (a mirror may echo the token).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from .errors import DPIRModelError
+from .redact import redact
 
 # beside the model folder, not in it: no model list (the core's included) shows a file before it is verified
 STAGING = ".dpir-download"
@@ -45,7 +48,14 @@ Progress = Callable[[str, int, int], None]  # (file, bytes done, bytes total)
 
 
 class DownloadError(DPIRModelError):
-    """A model could not be fetched; the message says why and what to do."""
+    """A model could not be fetched; the message says why and what to do (secrets masked: it may quote the Hub)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
+
+
+class _TooLong(Exception):
+    """Raised inside the transfer when the body runs past the listed size."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +88,53 @@ class Plan:
 # --------------------------------------------------------------------------- choosing files
 
 
+# one part of a path: what model repositories use (letters, digits, a few marks; no separators, no controls)
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-@=,()\[\] ]{0,199}")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9_.\-]{1,96}")
+_HEX40, _HEX64 = re.compile(r"[0-9a-f]{40}"), re.compile(r"[0-9a-f]{64}")
+
+
+def path_problem(path) -> str | None:
+    """Why ``path`` is not a plain relative path inside a folder (None if it is one)."""
+    if not isinstance(path, str) or not path:
+        return "it is empty"
+    if len(path) > 1000:
+        return "it is too long"
+    if "\\" in path:
+        return "it holds a backslash"
+    if re.match(r"[A-Za-z]:", path):
+        return "it starts with a drive letter"
+    if path.startswith("/"):
+        return "it is absolute"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "it has an empty, '.' or '..' part"
+    if len(parts) > 16:
+        return "it is too deep"
+    for p in parts:
+        if not _PART.fullmatch(p) or p.endswith((" ", ".")):
+            return f"its part {p!r} holds characters a model file name never needs"
+        if p.split(".")[0].lower() in _RESERVED:
+            return f"its part {p!r} is a reserved device name on Windows"
+    return None
+
+
 def _safe_local(name: str) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or not p.parts or any(s.startswith(".") for s in p.parts):
-        raise DownloadError(f"refusing the local name {name!r}: it must stay inside the model folder")
-    return str(p)
+    why = path_problem(name)
+    if why:
+        raise DownloadError(f"refusing the local name {name!r}: it must stay inside the model folder ({why})")
+    return name
+
+
+def _safe_remote(path: str, repo: str) -> str:
+    """The pack's own check of a repository path, before huggingface_hub sees it (older versions of the library
+    write wherever a '..' path points)."""
+    why = path_problem(path)
+    if why:
+        raise DownloadError(f"the mirror {_endpoint()} lists {path!r} in {repo}; refusing it: {why}. "
+                            "Only plain relative paths are fetched: check HF_ENDPOINT or the mirror")
+    return path
 
 
 def _diffusers_folders(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
@@ -195,9 +247,11 @@ def file_url(repo: str, path: str, revision: str = "main") -> str:
     return f"{HUB_PAGE}/{repo}/resolve/{revision}/{path}"
 
 
-def _explain(e: Exception, repo: str, token_hint: str) -> str:
+def _explain(e: Exception, repo: str, token_hint: str, token: str | None = None) -> str:
     from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
+    if isinstance(e, _TooLong):
+        return str(e)
     if isinstance(e, GatedRepoError):
         return (f"{repo} is a gated repository: accept its licence on {repo_url(repo)} (logged in), then give "
                 f"the download a token: {token_hint}")
@@ -205,21 +259,70 @@ def _explain(e: Exception, repo: str, token_hint: str) -> str:
         return f"the repository {repo} was not found on the Hub ({_endpoint()}), or it is private"
     if isinstance(e, RemoteEntryNotFoundError):
         return f"a file of {repo} disappeared from the Hub while it was being fetched; try again"
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return redact(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", token)
 
 
 TOKEN_HINT = "set HF_TOKEN=hf_... (a read token from https://huggingface.co/settings/tokens) or run `hf auth login`"
+
+
+def _size(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _hex(v, pattern) -> str | None:
+    return v.lower() if isinstance(v, str) and pattern.fullmatch(v.lower()) else None
+
+
+def _remote(s) -> RemoteFile:
+    """One listing entry; sizes and hashes that are not well-formed count as missing."""
+    lfs = getattr(s, "lfs", None)
+    size, sha256 = _size(getattr(s, "size", None)), None
+    if lfs is not None:
+        get = lfs.get if isinstance(lfs, dict) else lambda k: getattr(lfs, k, None)
+        sha256 = _hex(get("sha256"), _HEX64)
+        if _size(get("size")) is not None and size is not None and _size(get("size")) != size:
+            size = None  # the entry contradicts itself
+    # an LFS file's blob id is its pointer's, not its bytes': only the sha256 verifies it
+    blob = None if lfs is not None else _hex(getattr(s, "blob_id", None), _HEX40)
+    return RemoteFile(s.rfilename, size, sha256, blob)
 
 
 def list_repo(repo: str, revision: str | None = None, token: str | None = None) -> tuple[str, list[RemoteFile], object]:
     """(pinned commit, files, gated flag) of a model repository."""
     from huggingface_hub import HfApi
 
+    if not _REPO.fullmatch(repo) or ".." in repo:
+        raise DownloadError(f"refusing the repository name {repo!r}")
     info = HfApi(endpoint=_endpoint()).model_info(repo, revision=revision, files_metadata=True, token=token)
-    files = [RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings or []]
-    if not info.sha:
+    files = [_remote(s) for s in info.siblings or [] if isinstance(getattr(s, "rfilename", None), str)]
+    if not _hex(info.sha, _HEX40):
         raise DownloadError(f"the Hub gave no commit for {repo}; is HF_ENDPOINT ({_endpoint()}) a Hugging Face Hub?")
-    return info.sha, files, info.gated
+    if len({f.path for f in files}) != len(files):
+        raise DownloadError(f"the mirror {_endpoint()} lists a file of {repo} twice; check HF_ENDPOINT or the mirror")
+    return info.sha.lower(), files, info.gated
+
+
+def _checked(remote: RemoteFile, repo: str, known: dict | None) -> RemoteFile:
+    """The remote file with the size and hash its download must match, known before the transfer starts: the pack's
+    table (``known``) wins over the mirror's listing; a file with no size or no hash is refused."""
+    if known:
+        size, sha256 = known.get("size"), known.get("sha256")
+        if remote.size is not None and size is not None and remote.size != size:
+            raise DownloadError(f"the mirror {_endpoint()} lists {remote.path} of {repo} with {remote.size} bytes, "
+                                f"but the pack's table knows it as {size} bytes: refusing it (check HF_ENDPOINT)")
+        if remote.sha256 and sha256 and remote.sha256 != sha256:
+            raise DownloadError(f"the mirror {_endpoint()} lists {remote.path} of {repo} with another sha256 than "
+                                "the pack's table: refusing it (check HF_ENDPOINT)")
+        remote = RemoteFile(remote.path, size if size is not None else remote.size, sha256 or remote.sha256,
+                            None if sha256 else remote.blob_id)
+    if remote.size is None or not (remote.sha256 or remote.blob_id):
+        missing = " and ".join(w for w, gone in (("a size", remote.size is None),
+                                                 ("a hash (LFS sha256 or git blob id)", not (remote.sha256 or remote.blob_id)))
+                               if gone)
+        raise DownloadError(f"the mirror {_endpoint()} lists {remote.path} of {repo} without {missing}, so the "
+                            "download could not be verified; refusing it. The Hugging Face Hub gives both: check "
+                            "HF_ENDPOINT or the mirror")
+    return remote
 
 
 def _check_access(repo: str, revision: str, path: str, token: str | None) -> None:
@@ -240,14 +343,17 @@ def plan_source(kind: str, source: dict, folder: Path, token: str | None = None)
         if not chosen or not any(n.endswith(WEIGHTS) or n.endswith(".t5") for _, n in chosen):
             raise DownloadError(f"{repo} holds no file in a layout the loaders read for {kind} "
                                 f"({len(files)} files listed)")
-        chosen = [(r, _safe_local(n)) for r, n in chosen]
+        chosen = [(r, _safe_local(n)) for r, n in chosen if _safe_remote(r.path, repo)]
         plan = Plan(kind, repo, revision, Path(folder), chosen)
+        known, todo = source.get("verify") or {}, {n for _, n in plan.todo()}
+        # proof is needed for what will be fetched; a file already in place is never replaced
+        plan.files = [(_checked(r, repo, known.get(r.path)) if n in todo else r, n) for r, n in chosen]
         if plan.todo():
             _check_access(repo, revision, plan.todo()[0][0].path, token)  # a gated repo refuses here, before a byte
     except DownloadError:
         raise
     except Exception as e:  # the Hub client's errors, network errors
-        raise DownloadError(f"{kind} from {repo}: {_explain(e, repo, TOKEN_HINT)}") from None
+        raise DownloadError(f"{kind} from {repo}: {_explain(e, repo, TOKEN_HINT, token)}") from None
     plan.names = ([n for _, n in chosen if n.endswith(".index.json")]
                   or [n for _, n in chosen if n.endswith(WEIGHTS)])
     return plan
@@ -295,9 +401,11 @@ def _git_blob_sha1(path: Path) -> str:
 
 
 def verify(path: Path, remote: RemoteFile) -> str | None:
-    """None if the file is the one the Hub lists, else what differs."""
+    """None if the file is the one the Hub lists (its size and one hash), else what differs."""
     size = path.stat().st_size
-    if remote.size is not None and size != remote.size:
+    if remote.size is None:
+        return "no size to check it against"
+    if size != remote.size:
         return f"{size} bytes instead of {remote.size}"
     if remote.sha256:
         got = sha256_file(path)
@@ -305,29 +413,44 @@ def verify(path: Path, remote: RemoteFile) -> str | None:
     if remote.blob_id:
         got = _git_blob_sha1(path)
         return None if got == remote.blob_id else f"git blob id {got[:12]}… instead of {remote.blob_id[:12]}…"
-    return None
+    return "no hash to check it against"
 
 
-def _tqdm_class(progress: Progress | None):
+def _tqdm_class(remote: RemoteFile, progress: Progress | None):
+    """huggingface_hub's bar, counting the bytes of one file: the transfer stops (before the chunk is written) at
+    the first byte past the listed size, and the progress callback (if any) gets (file, done, listed size)."""
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    if progress is None:
-        return None
+    cap = remote.size
 
-    class Reporting(hf_tqdm):
+    class Capped(hf_tqdm):
         # own counters: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS, no terminal) keeps none
         def __init__(self, *args, **kwargs):
-            self._file, self._total = str(kwargs.get("desc") or ""), int(kwargs.get("total") or 0)
             self._done = int(kwargs.get("initial") or 0)
             super().__init__(*args, **kwargs)
 
         def update(self, n=1):
-            out = super().update(n)
             self._done += int(n or 0)
-            progress(self._file, self._done, self._total)
+            if self._done > cap:
+                raise _TooLong(f"the mirror {_endpoint()} sent more than the {cap} bytes it lists for {remote.path}; "
+                               "the transfer was stopped and nothing of it was kept")
+            out = super().update(n)
+            if progress is not None:
+                progress(remote.path, self._done, cap)
             return out
 
-    return Reporting
+    return Capped
+
+
+def _transient(e: Exception) -> bool:
+    """A cut connection or a timeout: worth another try, which resumes from the partial file (huggingface_hub
+    before 1.20 keeps it between calls and does not retry a cut itself)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, (HfHubHTTPError, _TooLong)):
+        return False
+    return bool({c.__name__ for c in type(e).__mro__} & {"TransportError", "ConnectionError", "TimeoutException",
+                                                         "Timeout", "ChunkedEncodingError", "ProtocolError"})
 
 
 def download(plan: Plan, token: str | None = None, progress: Progress | None = None,
@@ -343,12 +466,27 @@ def download(plan: Plan, token: str | None = None, progress: Progress | None = N
     staging = plan.folder.parent / STAGING / plan.folder.name / plan.repo.replace("/", "--")
     staged = []
     for remote, name in todo:
+        _safe_remote(remote.path, plan.repo)  # again: a Plan may be made by hand
+        remote = _checked(remote, plan.repo, None)
         try:
-            got = Path(hf_hub_download(plan.repo, remote.path, revision=plan.revision, local_dir=staging,
-                                       token=token, endpoint=_endpoint(), tqdm_class=_tqdm_class(progress)))
+            for attempt in range(3):
+                try:
+                    got = Path(hf_hub_download(plan.repo, remote.path, revision=plan.revision, local_dir=staging,
+                                               token=token, endpoint=_endpoint(),
+                                               tqdm_class=_tqdm_class(remote, progress)))
+                    break
+                except Exception as e:
+                    if attempt == 2 or not _transient(e):
+                        raise
         except Exception as e:  # the Hub client's and the network's errors
+            if isinstance(e, _TooLong):  # nothing of an over-long body stays (the library may keep a partial)
+                shutil.rmtree(staging / ".cache", ignore_errors=True)
             raise DownloadError(f"{plan.kind}: downloading {remote.path} from {plan.repo} failed: "
-                                f"{_explain(e, plan.repo, TOKEN_HINT)}") from None
+                                f"{_explain(e, plan.repo, TOKEN_HINT, token)}") from None
+        real = got.resolve()
+        if not (real.is_file() and staging.resolve() in real.parents) or got.is_symlink():
+            raise DownloadError(f"{plan.kind}: huggingface_hub put {remote.path} outside the staging folder "
+                                f"{staging}; nothing was moved into {plan.folder}")
         bad = verify(got, remote)
         if bad:
             got.unlink()

@@ -171,6 +171,8 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
        ("folder_name",)),
     TP("folder_paths:add_model_folder_path", "call", "tests/host/test_conformance.py", CHECKED,
        ("folder_name", "full_folder_path")),
+    TP("folder_paths:get_filename_list", "call", "nodes/downloads.py (the hash route hashes only names the core "
+       "loaders list)", CHECKED, ("folder_name",)),
     TP("folder_paths:get_temp_directory", "attr", "nodes/web_ui.py", CHECKED),
     TP("folder_paths:get_save_image_path", "call", "nodes/web_ui.py", CHECKED,
        ("filename_prefix", "output_dir", "image_width", "image_height")),
@@ -192,6 +194,9 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
        ("--cpu", "--listen", "--port", "--base-directory", "--database-url", "--disable-auto-launch",
         "--disable-all-custom-nodes", "--whitelist-custom-nodes", "--extra-model-paths-config"),
        note="--disable-api-nodes is a deprecated alias of --offline in newer ComfyUI: no_api_nodes_flags below"),
+    TP("comfy.cli_args:args", "attr", "nodes/downloads.py (--enable-cors-header: an origin the user allowed may "
+       "use the POST routes)", CHECKED, note="read with getattr; without the option only same-origin requests pass"),
+    TP("comfy/cli_args.py", "cli", "nodes/downloads.py", CHECKED, ("--enable-cors-header",)),
     TP("comfy.options:enable_args_parsing", "attr", "tests/host/conftest.py, bench, cli.py", CHECKED),
     TP("execution:PromptExecutor", "call", "bench/gpu_suite.py (in-process workflows)", ADAPTED, ("server",),
        note="newer: cache_args (execute_async reads cache_args['ram'] / ['ram_inactive']) and asset_manager; "

@@ -222,3 +222,118 @@ def test_a_file_put_there_by_hand_is_kept(hub, tmp_path):
     assert plan.repo.startswith("stabilityai/") and plan.todo() == []
     hd.download(plan)
     assert mine.read_bytes() == before and not hub.downloads()
+
+
+# --------------------------------------------------------------------------- a hostile mirror
+
+
+def _weights(tmp_path, name="dpir.safetensors", n=1024):
+    """A small real .safetensors file (LFS-sized for the fake Hub)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "src" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.arange(n, dtype=torch.float32)}, str(path))
+    return path
+
+
+def test_a_body_longer_than_listed_is_cut_at_the_listed_size(hub, tmp_path):
+    src = _weights(tmp_path)  # 4 KiB listed, then 128 MiB more without a length
+    f = hub.add_repo("g/flood", {"dpir.safetensors": src}, knobs={"dpir.safetensors": {"flood": 128 * 2**20}})
+    folder = tmp_path / "models" / "dpir"
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "g/flood", "pick": "transformer"}], folder)
+    with pytest.raises(hd.DownloadError, match=r"sent more than the \d+ bytes it lists for dpir.safetensors"):
+        hd.download(plan)
+    sent = f.files["dpir.safetensors"].sent
+    # the client stops reading at its first chunk past the size (huggingface_hub reads 10 MiB at a time); what the
+    # server wrote beyond that sat in socket buffers when the connection closed
+    assert sent < 32 * 2**20, f"the mirror sent {sent} bytes"
+    assert [p for p in tmp_path.joinpath("models").rglob("*") if p.is_file()] == []  # nothing kept, not even a partial
+
+
+def test_a_file_without_size_and_hash_is_refused_before_the_transfer(hub, tmp_path):
+    src = tm.write_t5_file(tmp_path / "src" / "t5xxl_fp16.safetensors", SPEC)
+    hub.add_repo("comfyanonymous/flux_text_encoders", {"t5xxl_fp16.safetensors": src},
+                 knobs={"t5xxl_fp16.safetensors": {"bare": True}})  # and the body would end after half the bytes
+    source = {"repo": "comfyanonymous/flux_text_encoders", "files": {"t5xxl_fp16.safetensors": "t5xxl_fp16.safetensors"}}
+    folder = tmp_path / "models" / "text_encoders"
+    with pytest.raises(hd.DownloadError) as e:
+        hd.download(hd.plan_kind("t5xxl", [source], folder))
+    msg = str(e.value)
+    assert "t5xxl_fp16.safetensors" in msg and hub.url in msg and "without a size and a hash" in msg
+    assert hub.downloads() == [] and not folder.exists()
+    # a size alone is not enough either
+    hub.add_repo("h/nohash", {"dpir.safetensors": _weights(tmp_path)},
+                 knobs={"dpir.safetensors": {"listing": {"lfs": None, "blobId": None}}})
+    with pytest.raises(hd.DownloadError, match=r"lists dpir.safetensors of h/nohash without a hash"):
+        hd.plan_kind("dpir_transformer", [{"repo": "h/nohash", "pick": "transformer"}], tmp_path / "dpir")
+    assert hub.downloads() == []
+
+
+def test_the_tables_size_and_hash_win_over_the_mirrors_word(hub, tmp_path):
+    src = _weights(tmp_path)
+    real = {"size": src.stat().st_size, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    path = {"dpir.safetensors": "dpir.safetensors"}
+    # the mirror lists no hash: the table's verifies the bytes, and the file is accepted
+    hub.add_repo("i/quiet", {"dpir.safetensors": src}, knobs={"dpir.safetensors": {"listing": {"lfs": None, "blobId": None}}})
+    folder = tmp_path / "dpir"
+    plan = hd.plan_kind("dpir_transformer", [{"repo": "i/quiet", "files": path, "verify": {"dpir.safetensors": real}}], folder)
+    hd.download(plan)
+    assert (folder / "dpir.safetensors").read_bytes() == src.read_bytes()
+    # the mirror serves other bytes and lists their true size and hash: the table refuses them after the transfer
+    other = _weights(tmp_path / "o", n=1024)
+    other.write_bytes(other.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # same size, one weight changed
+    hub.add_repo("j/swap", {"dpir.safetensors": other})
+    swap = {"repo": "j/swap", "files": path, "verify": {"dpir.safetensors": real}}
+    with pytest.raises(hd.DownloadError, match="another sha256 than the pack's table"):
+        hd.plan_kind("dpir_transformer", [swap], tmp_path / "dpir2")
+    # a size the table knows otherwise is refused before a byte moves
+    with pytest.raises(hd.DownloadError, match=r"with \d+ bytes, but the pack's table knows it as 7 bytes"):
+        hd.plan_kind("dpir_transformer", [{**swap, "verify": {"dpir.safetensors": {"size": 7}}}], tmp_path / "dpir3")
+    # the mirror hides its hash but serves other bytes: the table's hash catches them
+    hub.add_repo("k/quietswap", {"dpir.safetensors": other},
+                 knobs={"dpir.safetensors": {"listing": {"lfs": None, "blobId": None}}})
+    plan = hd.plan_kind("dpir_transformer", [{**swap, "repo": "k/quietswap"}], tmp_path / "dpir4")
+    with pytest.raises(hd.DownloadError, match="sha256 .* instead of"):
+        hd.download(plan)
+    assert not (tmp_path / "dpir4" / "dpir.safetensors").exists()
+    assert not any(p.name == "dpir.safetensors" for p in (tmp_path / "dpir4").parent.rglob("*") if "dpir4" in str(p))
+
+
+TOKEN = "hf_" + "Zq7" * 11 + "x"  # shaped like a real token
+
+
+def test_a_mirror_echoing_the_token_does_not_get_it_shown(hub, tmp_path, monkeypatch):
+    hub.add_repo("l/echo", {"dpir.safetensors": _weights(tmp_path)}, echo_auth=True)
+    with pytest.raises(hd.DownloadError) as e:
+        hd.plan_kind("dpir_transformer", [{"repo": "l/echo", "pick": "transformer"}], tmp_path / "dpir", token=TOKEN)
+    assert any(h.get("authorization") == f"Bearer {TOKEN}" for h in hub.headers)  # the mirror did get it
+    msg = str(e.value)
+    assert "500" in msg and TOKEN not in msg and "Zq7Zq7" not in msg and "Bearer hf_" not in msg, msg
+    # a token not shaped like a Hugging Face one is masked too: the pack knows the value it sent
+    with pytest.raises(hd.DownloadError) as e:
+        hd.plan_kind("dpir_transformer", [{"repo": "l/echo", "pick": "transformer"}], tmp_path / "dpir", token="s3cr3t-t0ken")
+    assert "s3cr3t-t0ken" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["../../../../escape.safetensors", "a/../../escape.safetensors", "/abs/escape.safetensors",
+                                 "a\\..\\escape.safetensors", "C:/escape.safetensors", "a//escape.safetensors",
+                                 "./escape.safetensors", "a/.escape.safetensors",
+                                 "a/escape\x00.safetensors", "a/esc%2e%2e/ape.safetensors", "a/nul.safetensors",
+                                 "a/escape\n.safetensors", "~/escape.safetensors"])
+def test_remote_paths_are_checked_before_the_library_sees_them(hub, tmp_path, bad):
+    hub.add_repo("m/paths", {bad: _weights(tmp_path, n=4096), "small.safetensors": _weights(tmp_path, "s.safetensors")})
+    with pytest.raises(hd.DownloadError, match="refusing it: .*Only plain relative paths are fetched") as e:
+        hd.plan_kind("dpir_transformer", [{"repo": "m/paths", "pick": "transformer"}], tmp_path / "models" / "dpir")
+    assert hub.url in str(e.value)
+    assert [m for m, p, _ in hub.requests if "/resolve/" in p] == []  # not even a HEAD
+    assert sorted(p.name for p in tmp_path.rglob("*escape*")) == []
+
+
+def test_path_rules():
+    for good in ("model.safetensors", "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+                 "vae/config.json", "pos_embed.t5", "clip_vision_g.safetensors", "a b (1)/w+v@2=x,[y].pt"):
+        assert hd.path_problem(good) is None, good
+    for bad in ("", ".", "..", "a/..", "/a", "a\\b", "D:x", "a//b", "a/", ".git/config", "a/b\x7f", "a/b:c",
+                "aux.json", "a/" * 17 + "b", "x" * 1001, "a/b."):
+        assert hd.path_problem(bad), bad
