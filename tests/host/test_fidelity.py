@@ -221,8 +221,12 @@ def test_restore_cfg_off_registers_nothing_and_bad_values_are_refused(setup):
 
 # ---------------------------------------------------------------- the shipped workflow, knobs at their defaults
 
+BEFORE_CALLS = []
+
+
 def before_knobs_call(self, args, extra):
     """LQInjection.__call__ as it was before the strength schedule (commit 670fc17), verbatim."""
+    BEFORE_CALLS.append(1)
     out = extra["original_block"](args)
     opts = args["transformer_options"]
     grid = opts.get(mod("lq_injection").KEY)
@@ -309,6 +313,7 @@ def test_shipped_restore_workflow_at_default_knobs_is_byte_identical_to_before(e
     with monkeypatch.context() as m:
         m.setattr(mod("lq_injection").LQInjection, "__call__", before_knobs_call)
         before_latent, before_pixels = execute_restore(executor_env)
+    assert len(BEFORE_CALLS) == 3  # the old patch ran, at each of the 3 steps
     assert now_latent == before_latent
     assert now_pixels.tobytes() == before_pixels.tobytes()
     # the comparison can fail: a knob off its default changes the bytes
