@@ -183,8 +183,8 @@ def dpir_prompt_ablation(info):
             ("caption only", (no_visual, 0), (caption_text, 0), "dpir_caption_only"),
             ("caption + visual", (visual, 0), (caption_text, 0), "dpir_caption_visual"))
     for i, (title, v, t, prefix) in enumerate(rows):
-        dual = g.add("DPIRDualPrompt", (1440, 300 * i), {}, {"visual_prompt": v, "text_prompt": t}, title=f"prompt: {title}")
-        restore_chain(g, 360, 900 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
+        dual = g.add("DPIRDualPrompt", (1440, 200 * i), {}, {"visual_prompt": v, "text_prompt": t}, title=f"prompt: {title}")
+        restore_chain(g, 360, 1000 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
     g.add("MarkdownNote", (1800, 0), {"text": (
         "## Prompt ablation (paper, Table 5), with captions\nThe same image restored five times with the same seed: "
         "typed text prompt only (visual tokens and pooled vector zeroed, as in training's caption dropout), visual "
