@@ -19,7 +19,7 @@ essential
   conformance  the host conformance tests on this device (DPIR_TEST_DEVICE): fp32 at tiny shapes vs
                tests/reference.py to 1e-4, CFG on and off, tiled one-tile equality, each weight dtype
   workflows    the three shipped workflows at real shapes through ComfyUI's executor (1024² restore and
-               prompt ablation, the large one to a 4096² output): exact output size, not blank; NaN/Inf are
+               prompt ablation (its captioner a tiny random VLM), the large one to a 4096² output): exact output size, not blank; NaN/Inf are
                refused by the pack's own checks (DPIR Colour Fix), so a finished run had finite images
   reference    the pack at 1024² in bf16 (and fp16 weights) vs the diffusers reference in fp32 and in bf16,
                CFG off and on: relative L2 error of the restored image; bound: the pack's error ≤ 2× the
@@ -245,7 +245,9 @@ def stage_workflows(suite):
     rename = {"transformer/diffusion_pytorch_model.safetensors": bench.transformer_name(suite.ctx["models"])}
     s, big = sizes["image"], sizes["large_input"]
     cases = [("dpir_restore", s, {"DPIRRobustVAEEncode": {"resize": "long side", "long_side": s}}, 1, (s, s)),
-             ("dpir_prompt_ablation", s, {"DPIRRobustVAEEncode": {"resize": "long side", "long_side": s}}, 3, (s, s)),
+             ("dpir_prompt_ablation", s, {"DPIRRobustVAEEncode": {"resize": "long side", "long_side": s},
+                                          "DPIRCaption": {"caption_model": tiny_captioner(), "max_new_tokens": 12}},
+              5, (s, s)),
              ("dpir_restore_large", big, {"DPIRRobustVAEEncode": {"resize": "upscale factor", "upscale_factor": 4.0},
                                           "DPIRTiledPrompt": {"tile_size": sizes["tile"],
                                                               "tile_overlap": sizes["tile"] // 8}},
@@ -290,6 +292,18 @@ def stage_workflows(suite):
     if failures:
         raise RuntimeError("; ".join(failures) + " | " + json.dumps(out, default=str)[:1500])
     return out
+
+
+def tiny_captioner() -> str:
+    """A tiny random Qwen2.5-VL (tests/tiny_vlms.py) in models/LLM for the ablation's DPIR Caption: the suite
+    measures the restoration, not the captioner; its entry in the caption node's list."""
+    import folder_paths
+    import tiny_vlms
+
+    folder = Path(folder_paths.models_dir) / "LLM" / "tiny-qwen2.5-vl"
+    if not (folder / "config.json").is_file():
+        tiny_vlms.write_qwen25_vl(folder)
+    return f"{folder.name}/config.json"
 
 
 def object_info(mappings) -> dict:

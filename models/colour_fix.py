@@ -3,7 +3,10 @@
 The released test script applies StableSR's wavelet colour fix once to the
 whole output, after decoding: the output keeps its own high frequencies and
 takes the LQ image's low frequencies (its colours and large-scale tones).
-AdaIN (per-channel mean/std transfer) is the other fix StableSR ships.
+AdaIN (per-channel mean/std transfer) is the other fix StableSR ships; ``lab``
+does the same transfer in CIELAB (D65, sRGB input), where the channels are
+lightness and two colour axes, so the colour balance moves without the RGB
+channels' cross-talk (the colour transfer of Reinhard et al. 2001, in Lab).
 Apply either once, globally, after tiles are stitched: a per-tile fix gives
 each tile its own colour cast and shows the seams.
 
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from .errors import DPIRInputError
 
-COLOUR_FIX_METHODS = ("wavelet", "adain", "none")
+COLOUR_FIX_METHODS = ("wavelet", "adain", "lab", "none")
 WAVELET_LEVELS = 5
 ADAIN_EPS = 1e-5
 
@@ -168,12 +171,32 @@ def adain_colour_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor
     return _finish(result, content)
 
 
+def lab_colour_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Match each CIELAB channel's mean and std (``calc_mean_std``) of content to the style's, back to sRGB.
+
+    sRGB <-> Lab (D65, 2 degree observer) is kornia's (a ComfyUI requirement); out-of-gamut results are clipped
+    to [0, 1]. Same shapes, resizing, batching and output conventions as ``adain_colour_fix``.
+    """
+    try:
+        from kornia.color import lab_to_rgb, rgb_to_lab
+    except ImportError:
+        raise DPIRInputError("the 'lab' colour fix needs kornia, which ComfyUI installs with its requirements: "
+                             "run 'pip install kornia' in ComfyUI's Python, or choose 'wavelet' or 'adain'") from None
+    c, s = _prepare(content, style)
+    c_lab, s_lab = rgb_to_lab(c), rgb_to_lab(s)
+    c_mean, c_std = calc_mean_std(c_lab)
+    s_mean, s_std = calc_mean_std(s_lab)
+    return _finish(lab_to_rgb((c_lab - c_mean) / c_std * s_std + s_mean, clip=True), content)
+
+
 def colour_fix(content: torch.Tensor, style: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
     """Dispatch on ``method`` in ``COLOUR_FIX_METHODS``; ``"none"`` returns content unchanged."""
     if method == "wavelet":
         return wavelet_colour_fix(content, style)
     if method == "adain":
         return adain_colour_fix(content, style)
+    if method == "lab":
+        return lab_colour_fix(content, style)
     if method == "none":
         return content
     raise DPIRInputError(f"unknown colour fix {method!r}: choose one of {', '.join(COLOUR_FIX_METHODS)}")

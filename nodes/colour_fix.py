@@ -8,7 +8,8 @@ from .web_ui import compare_ui
 
 class DPIRColourFix:
     DESCRIPTION = ("Gives the restored image the LQ image's colours (wavelet: keep the restored details, take the "
-                   "LQ's low frequencies — the released default; adain: match per-channel mean and std). Also crops "
+                   "LQ's low frequencies — the released default; adain: match per-channel mean and std; lab: match mean and "
+                   "spread of lightness and colour in CIELAB). Also crops "
                    "the output back to the exact LQ size (the encoder pads to multiples of 16).")
     CATEGORY = "DPIR"
     FUNCTION = "fix_with_preview"

@@ -115,6 +115,15 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         '"model_options"', "transformer_options", "model_conds"),
        note="model-options keys the pack sets or reads: the cond-batch hook and its args, the sigmas the patch "
             "reads from transformer_options"),
+    TP("comfy.model_patcher:ModelPatcher.set_model_sampler_post_cfg_function", "call",
+       "nodes/lq_injection.py (restoration guidance)", CHECKED, ("post_cfg_function",),
+       note="core SUPIRApply (stored comfy_extras/nodes_model_patch.py) registers its restore_cfg the same way"),
+    TP("comfy.samplers", "source", "nodes/lq_injection.py (restoration guidance)", CHECKED,
+       ("sampler_post_cfg_function", '"denoised"', '"sigma"', '"model_options"', "sample_sigmas"),
+       note="cfg_function calls each post-CFG function with {denoised, sigma, model_options, ...} and uses what it "
+            "returns; CFGGuider.inner_sample puts the schedule into transformer_options['sample_sigmas']"),
+    TP("comfy.model_sampling:ModelSamplingDiscreteFlow.sigma_max", "attr", "nodes/lq_injection.py (strength "
+       "schedule)", CHECKED),
     TP("comfy.sample:prepare_noise", "call", "tests, bench", NOT_STORED, ("latent_image", "seed")),
     TP("comfy.sample:sample", "attr", "tests/host/test_conformance.py", NOT_STORED),
     TP("comfy_extras.nodes_model_advanced:ModelSamplingSD3.patch", "call", "nodes/sampler.py", CHECKED,

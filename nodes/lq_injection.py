@@ -18,6 +18,7 @@ import comfy.utils
 
 from ..models.errors import DPIRInputError, DPIRModelError
 from ..models.lq_condition import inject, token_grid
+from ..models.restore_guidance import next_sigma, pull_weight, restore_pull, scheduled_strength
 from .checks import check_lq_latent, check_prompt, require_sd3
 
 KEY = "dpir_lq"
@@ -74,9 +75,12 @@ class LQInjection:
     """Everything the patch needs; shared by clones (no weights, no deep copies)."""
 
     def __init__(self, features: torch.Tensor, strength: float, sigma_start: float, sigma_end: float,
-                 branch=None, latent: torch.Tensor | None = None, compute=None):
+                 branch=None, latent: torch.Tensor | None = None, compute=None,
+                 strength_start: float = 1.0, strength_end: float = 1.0, sigma_max: float = 1.0):
         self.features, self.strength = features, strength
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        # strength factor from strength_start (at the model's sigma_max) to strength_end (sigma 0), linear in sigma
+        self.strength_start, self.strength_end, self.sigma_max = strength_start, strength_end, sigma_max
         # for tiled sampling: the LQ branch, the scaled LQ latent and the DiT's compute dtype
         self.branch, self.latent, self.compute = branch, latent, compute
         self._tiles = {}  # {tile: features} of the sampling run in progress
@@ -177,7 +181,8 @@ class LQInjection:
             raise DPIRInputError("the DPIR LQ condition did not reach the model: sample with a core sampler "
                                  "(KSampler, SamplerCustomAdvanced) or the DPIR sampler patch")
         sigma = float(opts["sigmas"].max()) if "sigmas" in opts else self.sigma_start
-        if not (self.sigma_end <= sigma <= self.sigma_start) or self.strength == 0:
+        strength = self.strength * scheduled_strength(sigma, self.sigma_max, self.strength_start, self.strength_end)
+        if not (self.sigma_end <= sigma <= self.sigma_start) or strength == 0:
             return out
         img = out["img"]
         c = grid.flatten(2).transpose(1, 2).to(device=img.device, dtype=img.dtype)
@@ -185,15 +190,41 @@ class LQInjection:
             raise DPIRInputError(
                 f"the LQ latent gives {c.shape[1]} tokens but the sampled latent has {img.shape[1]}: wire the "
                 "'lq_latent' of 'DPIR Robust VAE Encode' (or a latent of the same size) into the sampler")
-        out["img"] = inject(img, c, self.strength)
+        out["img"] = inject(img, c, strength)
         return out
+
+
+class RestoreGuidance:
+    """``sampler_post_cfg_function``: SUPIR's restoration-guided sampling (models/restore_guidance.py). The
+    denoised estimate it gets is in the model's latent space, as is ``z_lq`` (``process_in`` of the LQ latent).
+    In tiled sampling it sees the blended estimate of the whole latent: the pull is per latent pixel and the tile
+    weights sum to 1, so this equals pulling each tile toward its own crop of ``z_lq`` before blending."""
+
+    def __init__(self, z_lq: torch.Tensor, tau: float, s_tmin: float):
+        self.z_lq, self.tau, self.s_tmin = z_lq, tau, s_tmin
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, args):
+        denoised, sigma = args["denoised"], float(args["sigma"].flatten()[0])
+        schedule = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+        if schedule is None:  # not sampled through a CFGGuider: the model's range, the current sigma (core's rule)
+            sigma_max, after = float(args["model"].model_sampling.sigma_max), sigma
+        else:
+            schedule = schedule.detach().float().cpu()
+            sigma_max, after = float(schedule.max()), next_sigma(schedule, sigma)
+        weight = pull_weight(sigma, after, sigma_max, self.tau, self.s_tmin)
+        return restore_pull(denoised, self.z_lq, weight) if weight > 0 else denoised
 
 
 class DPIRApplyLQCondition:
     DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image; "
                    "in tiled sampling once per tile, from its own crop), "
                    "cross-normalised to the image tokens after the first joint block and added, as DPIR does. "
-                   "Strength 0 gives plain SD3; start/end limit it to part of the schedule.")
+                   "Strength 0 gives plain SD3; start/end limit it to part of the schedule; strength_start/_end "
+                   "ramp it over the noise levels. restore_cfg > 0 pulls every step's estimate toward the LQ "
+                   "latent (SUPIR's restoration guidance): more faithful, less invented detail.")
     CATEGORY = "DPIR"
     FUNCTION = "apply"
     RETURN_TYPES = ("MODEL",)
@@ -207,9 +238,25 @@ class DPIRApplyLQCondition:
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01}),
             "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        }, "optional": {
+            "strength_start": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip":
+                               "factor on 'strength' at the start of sampling (pure noise); it moves linearly "
+                               "over the noise level (sigma) to strength_end. Lower = more freedom for the "
+                               "large shapes"}),
+            "strength_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip":
+                             "factor on 'strength' at the end of sampling (no noise). Lower = more invented fine "
+                             "detail, higher = closer to the photo's own fine structure"}),
+            "restore_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip":
+                            "restoration guidance (SUPIR): pulls each step's estimate toward the LQ latent by "
+                            "(sigma/sigma_max)^restore_cfg. 0 = off; small (1-2) = strong pull through most steps "
+                            "(most faithful); large (8-20) = pull only at the first steps. Core SUPIR uses 4"}),
+            "restore_cfg_s_tmin": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                   "no pull at a step whose next sigma is at or below this (the last steps keep "
+                                   "the model's own detail)"}),
         }}
 
-    def apply(self, model, lq_branch, lq_latent, strength, start_percent, end_percent):
+    def apply(self, model, lq_branch, lq_latent, strength, start_percent, end_percent, strength_start=1.0,
+              strength_end=1.0, restore_cfg=0.0, restore_cfg_s_tmin=0.05):
         base = require_sd3(model, "DPIR Apply LQ Condition")
         if not hasattr(lq_branch, "module"):
             raise DPIRInputError("'lq_branch' must come from 'DPIR Model Loader'")
@@ -222,15 +269,23 @@ class DPIRApplyLQCondition:
         samples = check_lq_latent(lq_latent, lq_branch.module.latent_channels)
         if start_percent > end_percent:
             raise DPIRInputError(f"start_percent {start_percent} is after end_percent {end_percent}")
+        for name, value in (("strength_start", strength_start), ("strength_end", strength_end),
+                            ("restore_cfg", restore_cfg), ("restore_cfg_s_tmin", restore_cfg_s_tmin)):
+            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise DPIRInputError(f"'{name}' of 'DPIR Apply LQ Condition' must be a finite number >= 0, "
+                                     f"got {value!r}")
         comfy.model_management.load_models_gpu([lq_branch.patcher])
         z = base.latent_format.process_in(samples.float())
         compute = base.manual_cast_dtype or base.get_dtype()
         grid = branch_features(lq_branch, z, lq_branch.patcher.load_device, compute)
         sampling = model.get_model_object("model_sampling")
         patch = LQInjection(grid, strength, float(sampling.percent_to_sigma(start_percent)),
-                            float(sampling.percent_to_sigma(end_percent)), lq_branch, z, compute)
+                            float(sampling.percent_to_sigma(end_percent)), lq_branch, z, compute,
+                            strength_start, strength_end, float(sampling.sigma_max))
         m = model.clone()
         m.set_model_patch_replace(patch, "dit", "double_block", 0)
+        if restore_cfg > 0:  # off: nothing registered, the sampling is today's bit for bit
+            m.set_model_sampler_post_cfg_function(RestoreGuidance(z, restore_cfg, restore_cfg_s_tmin))
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, patch.attach_conds)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.route)
         return (m,)

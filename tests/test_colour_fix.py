@@ -10,12 +10,14 @@ from dpir_pack.models.colour_fix import (
     adain_colour_fix,
     calc_mean_std,
     colour_fix,
+    lab_colour_fix,
     wavelet_blur,
     wavelet_colour_fix,
     wavelet_decomposition,
 )
 from dpir_pack.models.errors import DPIRInputError
 
+FIXES = [wavelet_colour_fix, adain_colour_fix, lab_colour_fix]
 KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64) / 16
 
 
@@ -185,7 +187,7 @@ def test_adain_calc_mean_std_is_unbiased_with_eps():
     close(std.flatten(), (x.var(dim=(2, 3)) + 1e-5).sqrt().flatten())
 
 
-@pytest.mark.parametrize("fix", [wavelet_colour_fix, adain_colour_fix])
+@pytest.mark.parametrize("fix", FIXES)
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 2, 3), (1, 3, 8, 8)])
 def test_constant_images_are_nan_free(fix, shape):
     content = torch.full(shape, 0.25)
@@ -197,9 +199,70 @@ def test_constant_images_are_nan_free(fix, shape):
     assert torch.isfinite(fix(content, rand(*shape))).all()
 
 
+# ---------------------------------------------------------------- lab (CIELAB mean/std), against the CIE formulas
+
+SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+D65 = np.array([0.95047, 1.0, 1.08883])
+EPS_CIE, KAPPA = 216 / 24389, 24389 / 27
+
+
+def np_rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) sRGB in [0, 1] -> L*a*b* (D65, 2 degrees), the CIE / IEC 61966-2-1 formulas in float64."""
+    lin = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.einsum("ij,bjhw->bihw", SRGB_TO_XYZ, lin) / D65.reshape(1, 3, 1, 1)
+    f = np.where(xyz > EPS_CIE, np.cbrt(xyz), (KAPPA * xyz + 16) / 116)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def np_lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    fy = (lab[:, 0] + 16) / 116
+    f = np.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], axis=1)
+    xyz = np.where(f ** 3 > EPS_CIE, f ** 3, (116 * f - 16) / KAPPA) * D65.reshape(1, 3, 1, 1)
+    lin = np.einsum("ij,bjhw->bihw", np.linalg.inv(SRGB_TO_XYZ), xyz)
+    rgb = np.where(lin > 0.0031308, 1.055 * np.clip(lin, 0.0031308, None) ** (1 / 2.4) - 0.055, 12.92 * lin)
+    return np.clip(rgb, 0, 1)
+
+
+def np_lab_fix(content: np.ndarray, style: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    def stats(x):
+        flat = x.reshape(x.shape[0], 3, -1)
+        return flat.mean(-1)[..., None, None], np.sqrt(flat.var(-1, ddof=1) + eps)[..., None, None]
+    c, s = np_rgb_to_lab(content), np_rgb_to_lab(style)
+    (cm, cs), (sm, ss) = stats(c), stats(s)
+    return np_lab_to_rgb((c - cm) / cs * ss + sm)
+
+
+def test_np_lab_reference_round_trips_and_knows_white():
+    x = rand(2, 3, 9, 7, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(np_lab_to_rgb(np_rgb_to_lab(x)), x, atol=1e-9)
+    np.testing.assert_allclose(np_rgb_to_lab(np.ones((1, 3, 1, 1))).ravel(), [100, 0, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 29), (1, 3, 2, 3)])
+def test_lab_matches_numpy_reference(shape):
+    content, style = rand(*shape), rand(*shape)
+    got = lab_colour_fix(content, style)
+    # kornia's white point and matrix differ from the CIE values in the 5th digit
+    np.testing.assert_allclose(got.numpy(), np_lab_fix(content.double().numpy(), style.double().numpy()),
+                               atol=2e-4, rtol=0)
+
+
+def test_lab_output_has_the_lq_lab_mean_and_spread():
+    content = rand(2, 3, 40, 50, lo=0.3, hi=0.7)
+    style = (rand(2, 3, 40, 50, lo=0.35, hi=0.65) + torch.tensor([0.12, 0.0, -0.1]).view(1, 3, 1, 1))
+    out = lab_colour_fix(content, style)
+    assert out.min() > 0 and out.max() < 1  # in gamut: nothing clipped, so the statistics must match
+    o, s, c = (np_rgb_to_lab(x.double().numpy()).reshape(2, 3, -1) for x in (out, style, content))
+    np.testing.assert_allclose(o.mean(-1), s.mean(-1), atol=0.02)
+    np.testing.assert_allclose(o.std(-1, ddof=1), s.std(-1, ddof=1), atol=0.02)
+    assert np.abs(c.mean(-1) - s.mean(-1)).max() > 3  # a real colour change was needed
+
+
 # ---------------------------------------------------------------- shared conventions
 
-@pytest.mark.parametrize("fix", [wavelet_colour_fix, adain_colour_fix])
+@pytest.mark.parametrize("fix", FIXES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_dtype_shape_and_range(fix, dtype):
     content = rand(2, 3, 12, 10, dtype=dtype)
@@ -211,7 +274,7 @@ def test_dtype_shape_and_range(fix, dtype):
     close(out.float(), want.to(dtype).float())
 
 
-@pytest.mark.parametrize("fix", [wavelet_colour_fix, adain_colour_fix])
+@pytest.mark.parametrize("fix", FIXES)
 def test_style_batch_of_one_broadcasts(fix):
     content = rand(3, 3, 14, 18)
     style = rand(1, 3, 14, 18)
@@ -222,14 +285,14 @@ def test_style_batch_of_one_broadcasts(fix):
     close(out, paired)
 
 
-@pytest.mark.parametrize("fix", [wavelet_colour_fix, adain_colour_fix])
+@pytest.mark.parametrize("fix", FIXES)
 @pytest.mark.parametrize("bc, bs", [(2, 3), (1, 2), (3, 2)])
 def test_mismatched_batches_raise(fix, bc, bs):
     with pytest.raises(DPIRInputError, match="LQ"):
         fix(rand(bc, 3, 8, 8), rand(bs, 3, 8, 8))
 
 
-@pytest.mark.parametrize("fix", [wavelet_colour_fix, adain_colour_fix])
+@pytest.mark.parametrize("fix", FIXES)
 def test_smaller_style_is_resized_bicubic(fix):
     content = rand(1, 3, 32, 48)
     style = rand(1, 3, 8, 12)
@@ -239,7 +302,7 @@ def test_smaller_style_is_resized_bicubic(fix):
     close(out, fix(content, up))
 
 
-@pytest.mark.parametrize("fix", [wavelet_colour_fix, adain_colour_fix])
+@pytest.mark.parametrize("fix", FIXES)
 def test_larger_or_mixed_style_is_resized(fix):
     content = rand(1, 3, 16, 24)
     for size in [(64, 96), (8, 100), (3, 5)]:
@@ -254,15 +317,16 @@ def test_larger_or_mixed_style_is_resized(fix):
 def test_thin_images():
     for shape in [(1, 3, 4, 4000), (1, 3, 4000, 4), (1, 3, 1, 3000)]:
         content, style = rand(*shape), rand(*shape)
-        for fix in (wavelet_colour_fix, adain_colour_fix):
+        for fix in FIXES:
             out = fix(content, style)
             assert out.shape == content.shape and torch.isfinite(out).all()
 
 
 def test_colour_fix_dispatch():
     content, style = rand(1, 3, 8, 8), rand(1, 3, 8, 8)
-    assert set(COLOUR_FIX_METHODS) == {"wavelet", "adain", "none"}
+    assert set(COLOUR_FIX_METHODS) == {"wavelet", "adain", "lab", "none"}
     close(colour_fix(content, style, "wavelet"), wavelet_colour_fix(content, style))
+    close(colour_fix(content, style, "lab"), lab_colour_fix(content, style))
     close(colour_fix(content, style, "adain"), adain_colour_fix(content, style))
     assert colour_fix(content, style, "none") is content
     with pytest.raises(DPIRInputError, match="unknown colour fix"):
@@ -279,7 +343,7 @@ def test_colour_fix_dispatch():
     (np.zeros((1, 3, 8, 8)), torch.rand(1, 3, 8, 8)),
 ])
 def test_bad_images_raise_input_error(content, style):
-    for fix in (wavelet_colour_fix, adain_colour_fix):
+    for fix in FIXES:
         with pytest.raises(DPIRInputError):
             fix(content, style)
 

@@ -55,7 +55,7 @@ def test_tiny_cpu_suite_runs_every_stage(prepared, tmp_path):
     assert conf["device"] == "cpu" and conf["passed"] >= 5 and conf["failed"] == 0
     wf = stages["workflows"]["data"]
     assert wf["dpir_restore"]["images"] == [[128, 128, 3]]
-    assert wf["dpir_prompt_ablation"]["images"] == [[128, 128, 3]] * 3
+    assert wf["dpir_prompt_ablation"]["images"] == [[128, 128, 3]] * 5
     assert wf["dpir_restore_large"]["images"] == [[384, 384, 3]]  # 96² ×4 in 256 px tiles
     ref = stages["reference"]["data"]
     for cfg in ("cfg_1", "cfg_3"):

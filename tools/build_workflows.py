@@ -26,6 +26,15 @@ FILES = {
     "clip_summary": "clip_vision_g.safetensors",
     "t5": "t5xxl_fp16.safetensors",
 }
+CAPTION_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct/config.json"
+# the fidelity preset, in each restoring workflow's note (README "More faithful or more detail")
+FIDELITY = (
+    "\n\n**More faithful or more detail** (DPIR Apply LQ Condition). *More faithful to the photo*: set "
+    "`restore_cfg` to 4 (each step is pulled toward the photo; 0 is off, and once on a smaller value pulls "
+    "harder and longer: 1-2 very faithful, 8 light). *More detail*: keep `restore_cfg` 0 and lower `strength_end` "
+    "to 0.5-0.8 (the LQ condition weakens over the last, fine-detail steps, so the model adds more texture of its "
+    "own). Colours: `lab` in DPIR Colour Fix matches only the photo's colour balance, `wavelet` also its "
+    "large-scale tones.")
 
 
 def _inputs(spec):
@@ -151,7 +160,8 @@ def dpir_restore(info):
         "colour fix.\n\nAfter a run, **DPIR Colour Fix** shows LQ and result in one split view: move the pointer "
         "to move the split, scroll to zoom, double-click to fit.\n\nModel files: a loader whose file is missing "
         "says in the node which file, from where, into which folder (also the README's Models table). Without "
-        "T5-XXL, pick a T5 embedding file in 'DPIR T5 Text Prompt' and delete the Load CLIP node.")}, size=(500, 300))
+        "T5-XXL, pick a T5 embedding file in 'DPIR T5 Text Prompt' and delete the Load CLIP node." + FIDELITY)},
+          size=(500, 380))
     return g.ui()
 
 
@@ -159,19 +169,30 @@ def dpir_prompt_ablation(info):
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
     encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
+    caption = g.add("DPIRCaption", (360, 260), {"caption_model": CAPTION_MODEL}, {"image": (image, 0)},
+                    size=(340, 420))
+    # the caption as the T5 text, on its own T5 prompt node beside the typed one
+    caption_text = g.add("DPIRT5TextPrompt", (720, 520), {}, {"clip": (t5, 0)}, size=(340, 300),
+                         title="DPIR T5 Text Prompt (caption)")
+    g.link(caption, 0, caption_text, "text")
     no_visual = g.add("ConditioningZeroOut", (1080, 0), {}, {"conditioning": (visual, 0)}, title="visual dropped")
     no_text = g.add("ConditioningZeroOut", (1080, 100), {}, {"conditioning": (text, 0)}, title="text dropped")
     rows = (("text only", (no_visual, 0), (text, 0), "dpir_text_only"),
             ("visual only", (visual, 0), (no_text, 0), "dpir_visual_only"),
-            ("dual", (visual, 0), (text, 0), "dpir_dual"))
+            ("dual", (visual, 0), (text, 0), "dpir_dual"),
+            ("caption only", (no_visual, 0), (caption_text, 0), "dpir_caption_only"),
+            ("caption + visual", (visual, 0), (caption_text, 0), "dpir_caption_visual"))
     for i, (title, v, t, prefix) in enumerate(rows):
-        dual = g.add("DPIRDualPrompt", (1440, 300 * i), {}, {"visual_prompt": v, "text_prompt": t}, title=f"prompt: {title}")
-        restore_chain(g, 360, 760 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
+        dual = g.add("DPIRDualPrompt", (1440, 200 * i), {}, {"visual_prompt": v, "text_prompt": t}, title=f"prompt: {title}")
+        restore_chain(g, 360, 1000 + 560 * i, model, model, encode, robust, (dual, 0), (dual, 1), prefix)
     g.add("MarkdownNote", (1800, 0), {"text": (
-        "## Prompt ablation (paper, Table 5)\nThe same image restored three times with the same seed: text prompt "
-        "only (visual tokens and pooled vector zeroed, as in training's caption dropout), visual prompt only (T5 "
-        "zeroed), and both. Each row's **DPIR Colour Fix** shows its result against the LQ image (split view: "
-        "pointer = split, scroll = zoom).")}, size=(460, 200))
+        "## Prompt ablation (paper, Table 5), with captions\nThe same image restored five times with the same seed: "
+        "typed text prompt only (visual tokens and pooled vector zeroed, as in training's caption dropout), visual "
+        "prompt only (T5 zeroed), both, and the same two with **DPIR Caption**'s description of the photo as the "
+        "T5 text instead of the typed one (caption only; caption + visual). Compare the typed and the written "
+        "prompt, with and without the visual prompt. Each row's **DPIR Colour Fix** shows its result against the "
+        "LQ image (split view: pointer = split, scroll = zoom).\n\nDPIR Caption needs a vision-language model in "
+        "`models/LLM/` (see the README); without one, delete it and the two caption rows.")}, size=(460, 300))
     return g.ui()
 
 
@@ -195,7 +216,7 @@ def dpir_restore_large(info):
         "Sampler Patch (memory per step ~ tile batch × tile size², independent of the image size). The VAE "
         "works in tiles above 2048² px; the colour fix runs once on the stitched image.\n\nThe Tiled Prompt node "
         "draws the tile grid over the LQ image and redraws it as you change tile size/overlap, with the tile count "
-        "and the memory per tile batch — check them before a long run.")}, size=(520, 300))
+        "and the memory per tile batch — check them before a long run." + FIDELITY)}, size=(520, 380))
     return g.ui()
 
 
@@ -204,7 +225,7 @@ def dpir_restore_autoprompt(info):
     g = Graph(info)
     image, model, robust, clip1, clip2, t5 = loaders(g)
     encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
-    caption = g.add("DPIRCaption", (360, 260), {"caption_model": "Qwen/Qwen2.5-VL-3B-Instruct/config.json"},
+    caption = g.add("DPIRCaption", (360, 260), {"caption_model": CAPTION_MODEL},
                     {"image": (image, 0)}, size=(340, 420))
     g.link(caption, 0, text, "text")
     text["size"] = [340, 300]  # room for the prompt it shows after a run (web/js/dpir_text.js)
@@ -220,7 +241,7 @@ def dpir_restore_autoprompt(info):
         "**DPIR Restoration Prompt** measures noise, blur and JPEG quality of the LQ photo and writes them as "
         "text ('upscale 4x, deblur sigma 2.1, denoise 8.0, jpeg 40'). The official DPIR checkpoint was NOT trained "
         "on such text: wire it into the T5 prompt's `suffix` only with a model fine-tuned with "
-        "`restoration_prompts: true`.")}, size=(520, 320))
+        "`restoration_prompts: true`." + FIDELITY)}, size=(520, 400))
     return g.ui()
 
 

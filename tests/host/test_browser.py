@@ -38,6 +38,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 import tiny_models as tm
+import tiny_vlms as tv
 from host.comfy_harness import PACK_NAME, PACK_ROOT
 
 SPEC = tm.TinySpec()
@@ -118,7 +119,9 @@ def server(start_server, tmp_path_factory):
                              ("strip.png", (68, 12), 2)):
         synthetic_photo(*size, seed=seed).save(root / name)
         inputs[name] = root / name
-    paths = {"dpir_browser": {"base_path": str(root), "dpir": "dpir", "vae": "vae", "clip_vision": "clip_vision"}}
+    tv.write_qwen25_vl(root / "LLM" / "tiny-qwen2.5-vl")  # the prompt ablation's DPIR Caption
+    paths = {"dpir_browser": {"base_path": str(root), "dpir": "dpir", "vae": "vae", "clip_vision": "clip_vision",
+                              "LLM": "LLM"}}
     return start_server(inputs=inputs, extra_model_paths=paths)
 
 
@@ -360,10 +363,11 @@ def test_restore_workflow_compare_view(page, server):
 
 
 def test_prompt_ablation_workflow_compare_views(page):
-    ids = page.load("dpir_prompt_ablation", DPIRRobustVAEEncode={"resize": "long side", "long_side": 72})
+    ids = page.load("dpir_prompt_ablation", DPIRRobustVAEEncode={"resize": "long side", "long_side": 72},
+                    DPIRCaption={"caption_model": "tiny-qwen2.5-vl/config.json", "max_new_tokens": 12})
     entry = page.run()
     fixes = ids["DPIRColourFix"]
-    assert len(fixes) == 3
+    assert len(fixes) == 5
     for fix in fixes:
         assert len(entry["outputs"][str(fix)]["dpir_compare"]) == 1
         page.focus(fix, 1.0)

@@ -8,6 +8,7 @@ full size whatever the file holds.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,12 +55,34 @@ def test_restore_workflow_runs_and_is_deterministic(server, object_info, workflo
     assert not np.array_equal(img, other[0])
 
 
-def test_prompt_ablation_workflow_gives_three_different_images(server, object_info, workflow_api):
-    entry = server.run(api_of("dpir_prompt_ablation", server, object_info, workflow_api), timeout=900)
+def test_prompt_ablation_workflow_gives_five_different_images(server, object_info, workflow_api, dpir_models,
+                                                              tmp_path_factory):
+    """Typed text only, visual only, dual, caption only, caption + visual: five prompts, five pictures. T5-XXL is
+    replaced by embedding files here, so the caption's T5 prompt gets an embedding of its own (of another text)."""
+    import shutil
+
+    import tiny_models as tm
+    import tiny_vlms as tv
+
+    base = Path(dpir_models["dpir_tests"]["base_path"])
+    tm.write_t5_embedding(base / "dpir" / "caption_prompt.safetensors", tm.TinySpec(), prompt="an old blurry photo")
+    qwen = tv.write_qwen25_vl(tmp_path_factory.mktemp("vlm") / "tiny-qwen2.5-vl")
+    shutil.copytree(qwen, server.models_dir / "LLM" / qwen.name, dirs_exist_ok=True)
+    api = api_of("dpir_prompt_ablation", server, object_info, workflow_api,
+                 DPIRCaption={"caption_model": f"{qwen.name}/config.json", "max_new_tokens": 12})
+    t5 = [k for k, v in api.items() if v["class_type"] == "DPIRT5TextPrompt"]
+    caption_t5 = [k for k in t5 if isinstance(api[k]["inputs"]["text"], list)]
+    assert len(t5) == 2 and len(caption_t5) == 1
+    api[caption_t5[0]]["inputs"]["t5_embedding"] = "caption_prompt.safetensors"
+    entry = server.run(api, timeout=900)
     images = saved_images(server, entry)
-    assert len(images) == 3
+    assert len(images) == 5
     assert all(i.shape == (54, 72, 3) for i in images)
-    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+    assert all(not np.array_equal(a, b) for i, a in enumerate(images) for b in images[i + 1:])
+    # the caption reached its T5 prompt node
+    caption = next(k for k, v in api.items() if v["class_type"] == "DPIRCaption")
+    shown = entry["outputs"][caption_t5[0]]["text"]
+    assert [t.split(") ", 1)[1] for t in shown] == entry["outputs"][caption]["text"]
 
 
 def test_large_workflow_samples_in_tiles(server, object_info, workflow_api):
