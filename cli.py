@@ -12,7 +12,7 @@ models it already holds are reused; --server given more than once spreads the ba
 results from /history and /view; the models stay loaded between images. Next to each output goes a JSON
 sidecar with the settings, seed, workflow and the model files' sha256. Outputs that exist are skipped unless
 --overwrite. An unreadable image is reported and the batch goes on; the exit status is 1 if any image
-failed, 2 if nothing could run (no ComfyUI, models missing).
+failed, 2 if nothing could run (no ComfyUI, models missing, every server gone). docs/cli.md has the details.
 """
 from __future__ import annotations
 
