@@ -339,7 +339,8 @@ class Client:
         deadline, last = time.monotonic() + timeout, "no answer"
         while True:
             try:
-                status, _ = await self.json("GET", "/system_stats", timeout=5)
+                status, _ = await self.json("GET", "/system_stats",
+                                            timeout=min(5.0, max(0.5, deadline - time.monotonic())))
                 if status == 200:
                     return
                 last = f"HTTP {status}"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -72,11 +73,11 @@ class Writes:
         return {k: len(v) for k, v in self.seen.items() if not k.endswith(".part") and "/." not in "/" + k}
 
 
-def wait_running(server, timeout: float = 300) -> None:
+def wait_running(server, proc: subprocess.Popen, timeout: float = 300) -> None:
     """Return as soon as ``server`` runs a prompt (one of the batch's images)."""
     deadline = time.monotonic() + timeout
     while not server.queue()["queue_running"]:
-        assert time.monotonic() < deadline, f"{server.url} never ran a prompt"
+        assert proc.poll() is None and time.monotonic() < deadline, f"{server.url} never ran a prompt"
         time.sleep(0.01)
 
 
@@ -123,7 +124,7 @@ def test_a_server_killed_mid_batch_hands_its_image_to_the_others(servers, tmp_pa
     writes = Writes(out)
     proc = start_cli(src, "-o", out, "--server", a.url, "--server", b.url, "--server", c.url,
                      "--server-timeout", "30", *SETTINGS, log=log)
-    wait_running(a)
+    wait_running(a, proc)
     os.kill(a.proc.pid, signal.SIGKILL)  # it holds an image: nothing of it can come back now
     a.proc.wait(timeout=30)
     text = finish(proc, log)
@@ -158,20 +159,20 @@ def test_a_server_that_stops_answering_is_dropped_and_its_late_result_ignored(se
     batch = photos(src, 3, seed=40)  # new photos: nothing cached from the other test
     out, log = tmp_path / "restored", tmp_path / "cli.log"
     writes = Writes(out)
-    proc = start_cli(src, "-o", out, "--server", b.url, "--server", c.url, "--server-timeout", "8", *SETTINGS,
+    proc = start_cli(src, "-o", out, "--server", b.url, "--server", c.url, "--server-timeout", "15", *SETTINGS,
                      log=log)
-    wait_running(b)
+    wait_running(b, proc)
     os.kill(b.proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        wait_for(log, f"{b.url.split('://')[1]} dropped from the batch: it stopped answering (no reply in 8 s)", proc)
+        wait_for(log, f"{b.url.split('://')[1]} dropped from the batch: it stopped answering (no reply in 15 s)", proc)
         waited = time.monotonic() - stopped
     finally:
         os.kill(b.proc.pid, signal.SIGCONT)  # it wakes up and finishes the image it held: too late
     text = finish(proc, log)
     versions = writes.close()
     assert proc.returncode == 0, text[-4000:]
-    assert 8 <= waited < 60, waited
+    assert 15 <= waited < 90, waited
     assert "restored 3, skipped 0" in text
     line = next(l for l in text[text.rindex("servers:"):].splitlines() if b.url.split("://")[1] in l)
     assert "then dropped: it stopped answering" in line, line
@@ -193,13 +194,16 @@ def test_a_server_that_stops_answering_is_dropped_and_its_late_result_ignored(se
 
 def test_all_servers_down_says_which_and_why(tmp_path):
     photo = write_photo(tmp_path / "photo.png")
-    dead = f"http://127.0.0.1:{free_port()}"
-    run = subprocess.run([sys.executable, str(PACK_ROOT / "cli.py"), str(photo), "-o", str(tmp_path / "out"),
-                          "--server", dead, "--server", "http://no-such-host.invalid:8188", "--server-timeout", "2"],
-                         capture_output=True, text=True, timeout=120)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with socket.socket() as mute:  # listens, never answers (a hung server)
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        hung = f"http://127.0.0.1:{mute.getsockname()[1]}"
+        run = subprocess.run([sys.executable, str(PACK_ROOT / "cli.py"), str(photo), "-o", str(tmp_path / "out"),
+                              "--server", dead, "--server", hung, "--server-timeout", "2"],
+                             capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert "error: no ComfyUI server is left to restore the batch (1 image(s) not restored, 0 restored)" in run.stderr
     assert f"- {dead}: ComfyUI at {dead} did not answer within 2 s (connection refused)" in run.stderr
-    assert "- http://no-such-host.invalid:8188: ComfyUI at http://no-such-host.invalid:8188 did not answer " \
-           "within 2 s (cannot connect: " in run.stderr
+    assert f"- {hung}: ComfyUI at {hung} did not answer within 2 s (no answer (timed out))" in run.stderr
     assert not (tmp_path / "out").exists()
