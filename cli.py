@@ -3,21 +3,25 @@
     python custom_nodes/ComfyUI-DPIR/cli.py --download                      # get the models
     python custom_nodes/ComfyUI-DPIR/cli.py photos/ -r -o restored/          # restore a folder (recursive)
     python custom_nodes/ComfyUI-DPIR/cli.py a.jpg "scans/*.png" -o out/ --server http://127.0.0.1:8188
+    python custom_nodes/ComfyUI-DPIR/cli.py photos/ -o out/ --server http://gpu0:8188 --server http://gpu1:8188
 
 Without --server it starts a headless ComfyUI on 127.0.0.1 (found via --comfyui, $COMFYUI_PATH, the folders
 above this pack, or ~/comfy/ComfyUI) and stops it at the end; with --server it uses a running one, so the
-models it already holds are reused. One prompt per image through /prompt, progress from the websocket,
+models it already holds are reused; --server given more than once spreads the batch over those servers
+(see ``Worker``). One prompt per image through /prompt, progress from the websocket,
 results from /history and /view; the models stay loaded between images. Next to each output goes a JSON
 sidecar with the settings, seed, workflow and the model files' sha256. Outputs that exist are skipped unless
 --overwrite. An unreadable image is reported and the batch goes on; the exit status is 1 if any image
-failed, 2 if nothing could run (no ComfyUI, models missing).
+failed, 2 if nothing could run (no ComfyUI, models missing, every server gone). docs/cli.md has the details.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import functools
 import glob
+import hashlib
 import importlib.util
 import io
 import json
@@ -48,6 +52,10 @@ BASE_KINDS = ["dpir_transformer", "robust_vae", "sd3_vae", "clip_vision_local", 
 
 class SetupError(Exception):
     """Nothing can run: the message says why and what to do (exit status 2)."""
+
+
+class ServerDown(SetupError):
+    """A server stopped, stopped answering or refused the work: its images go to the other servers."""
 
 
 # ---------------------------------------------------------------- finding and starting ComfyUI
@@ -337,18 +345,20 @@ class Client:
             return r.status, data
 
     async def wait_up(self, proc: Headless | None, timeout: float = 300):
-        deadline = time.monotonic() + timeout
+        deadline, last = time.monotonic() + timeout, "no answer"
         while True:
             try:
-                status, _ = await self.json("GET", "/system_stats", timeout=5)
+                status, _ = await self.json("GET", "/system_stats",
+                                            timeout=min(5.0, max(0.5, deadline - time.monotonic())))
                 if status == 200:
                     return
-            except Exception:  # not listening yet
-                pass
+                last = f"HTTP {status}"
+            except Exception as e:  # not listening yet
+                last = why_down(e)
             if proc is not None and proc.proc.poll() is not None:
                 raise SetupError(f"ComfyUI exited during start-up (code {proc.proc.returncode}):\n{proc.log_tail()}")
             if time.monotonic() > deadline:
-                raise SetupError(f"ComfyUI at {self.url} did not answer within {timeout:.0f} s"
+                raise SetupError(f"ComfyUI at {self.url} did not answer within {timeout:.0f} s ({last})"
                                  + (f":\n{proc.log_tail()}" if proc else ""))
             await asyncio.sleep(0.5)
 
@@ -364,8 +374,8 @@ class Client:
         raise SetupError(f"the ComfyUI started from {proc.host} did not load {PACK_NAME} ({PACK_ROOT}); "
                          f"its log ends with:\n{proc.log_tail()}")
 
-    async def connect(self):
-        self.ws = await self.http.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=30)
+    async def connect(self, heartbeat: float = 30):
+        self.ws = await self.http.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=heartbeat)
 
     async def events(self, timeout: float):
         """Yield JSON websocket messages (binary previews are skipped) until ``timeout`` passes without one."""
@@ -380,13 +390,15 @@ class Client:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 yield json.loads(msg.data)
             elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                raise SetupError("ComfyUI closed the websocket (did the server stop?)")
+                raise ServerDown("ComfyUI closed the websocket (did the server stop?)")
 
     async def upload(self, data: bytes, name: str) -> str:
         import aiohttp
 
         form = aiohttp.FormData()
-        form.add_field("image", data, filename=f"{uuid.uuid4().hex[:8]}_{name}")
+        # named by content: the same photo has the same name on every server and in every run, so the
+        # prompt (and the sidecar that records it) does not depend on which server restored it
+        form.add_field("image", data, filename=f"{hashlib.sha256(data).hexdigest()[:12]}_{name}")
         form.add_field("subfolder", "dpir_cli")
         form.add_field("type", "input")
         form.add_field("overwrite", "true")
@@ -500,7 +512,12 @@ def parse_args(argv):
                     help="restore: one 1024 px piece (official); large: tiled, for 2K-8K; auto: tiled above 1024 px")
     ap.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
     ap.add_argument("--download", action="store_true", help="fetch missing model files from Hugging Face first")
-    ap.add_argument("--server", help="a running ComfyUI, e.g. http://127.0.0.1:8188 (default: start one)")
+    ap.add_argument("--server", action="append", metavar="URL",
+                    help="a running ComfyUI, e.g. http://127.0.0.1:8188 (default: start one); give it once per "
+                         "server to spread the batch over several (each takes the next image when it is free)")
+    ap.add_argument("--server-timeout", type=float, default=60, metavar="SECONDS",
+                    help="a server that does not answer for this long is dropped and its image goes to the others "
+                         "(also how long to wait for a --server to come up)")
     ap.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_PATH, the folders above, ~/comfy/ComfyUI)")
     ap.add_argument("--base-directory", type=Path, help="ComfyUI base directory (models, input, output) for the started ComfyUI")
     ap.add_argument("--extra-model-paths", type=Path, help="an extra_model_paths.yaml for the started ComfyUI")
@@ -517,6 +534,9 @@ def parse_args(argv):
         ap.error("give an output folder with -o")
     if not args.inputs and not args.download:
         ap.error("give images to restore, or --download to fetch the models")
+    if args.server_timeout <= 0:
+        ap.error("--server-timeout must be positive")
+    args.server = list(dict.fromkeys(u.rstrip("/") for u in args.server or []))  # each server once
     return args
 
 
@@ -541,74 +561,296 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-async def batch(args, jobs, server: Headless | None, url: str) -> tuple[int, list]:
-    import aiohttp
-    from tqdm import tqdm
+# ---------------------------------------------------------------- the batch: one worker per server
 
-    failed: list[tuple[Path, str]] = []
-    done = 0
-    async with aiohttp.ClientSession() as http:
-        client = Client(http, url)
-        await client.wait_up(server)
-        await client.require_pack(server)
-        await client.connect()
-        models: dict[str, str] = {}
+
+def why_down(e: BaseException) -> str:
+    """A short reason for a failed request to a server."""
+    import aiohttp
+
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return ("connection refused" if isinstance(e.os_error, ConnectionRefusedError)
+                else f"cannot connect: {e.os_error.strerror or e.os_error}")
+    if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    return f"{type(e).__name__}: {str(e)[:300]}"
+
+
+class Job:
+    """One image of the batch; ``holder`` is the worker it is dealt to (None while it waits)."""
+
+    __slots__ = ("image", "out", "holder", "finished")
+
+    def __init__(self, image: Path, out: Path):
+        self.image, self.out, self.holder, self.finished = image, out, None, False
+
+
+class Dealer:
+    """The images not yet restored, dealt one at a time to whichever worker asks (a free server)."""
+
+    def __init__(self, jobs: list[Job]):
+        self.pending = collections.deque(jobs)
+        self.busy = 0  # dealt and not settled
+        self.done = 0
+        self.failed: list[tuple[Path, str]] = []
+        self.changed = asyncio.Condition()
+
+    async def take(self, worker) -> Job | None:
+        """The next image for ``worker``; None when every image is settled."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.pending or not self.busy)
+            if not self.pending:
+                return None
+            job = self.pending.popleft()
+            job.holder, self.busy = worker, self.busy + 1
+            return job
+
+    async def all_settled(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.pending and not self.busy)
+
+    async def settle(self, job: Job, worker, result) -> bool:
+        """Record what ``worker`` made of ``job``: None (give it back to the others), an error text, or
+        (png bytes, sidecar). Only the worker the job is dealt to settles it, once: a result that comes
+        late, from a server whose images were given to the others, is dropped (False)."""
+        async with self.changed:
+            if job.holder is not worker or job.finished:
+                return False
+            self.busy -= 1
+            job.holder = None
+            if result is None:
+                self.pending.appendleft(job)
+            elif isinstance(result, str):
+                job.finished = True
+                self.failed.append((job.image, result))
+            else:
+                png, sidecar = result
+                atomic_write(job.out, png)
+                atomic_write(job.out.with_suffix(".json"), json.dumps(sidecar, indent=1).encode())
+                job.finished = True
+                self.done += 1
+            self.changed.notify_all()
+            return True
+
+
+class Worker:
+    """One ComfyUI of the batch. It takes the next image whenever its server is free (so one of the batch's
+    prompts at a time waits in that server's own queue), and holds it until the result is written. A server
+    that stops, stops answering for ``--server-timeout`` seconds, or refuses the prompt is dropped for the rest
+    of the batch and the image it held goes back to the others."""
+
+    def __init__(self, client: Client, proc: Headless | None, args, overall, bar):
+        self.client, self.proc, self.args, self.overall, self.bar = client, proc, args, overall, bar
+        self.state = "starting"  # → ready → finished | down
+        self.why = ""
+        self.restored = 0
+        self.requeued: list[Path] = []
+        self.models: dict[str, str] = {}
+        self.object_info = self.guidance = self.hashes = None
+        self.peers: list[Worker] = []
+
+    @property
+    def name(self) -> str:
+        return self.client.url.split("://", 1)[-1]
+
+    def say(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
+    async def start(self, with_jobs: bool) -> None:
+        args = self.args
+        await self.client.require_pack(self.proc)
+        await self.client.connect(heartbeat=max(30.0, 2 * args.server_timeout))  # the pings below come first
         if args.download:
             kinds = BASE_KINDS + (["t5_embedding"] if args.t5_embedding else ["t5xxl"])
-            results = await download(client, kinds)
+            results = await download(self.client, kinds)
             bad = [k for k, r in results.items() if not r["ok"]]
             if bad:
                 raise SetupError(f"could not fetch {', '.join(bad)} (see above)")
-            models = {k: r["names"][0] for k, r in results.items() if k != "t5_embedding" and r["names"]}
-        if not jobs:
-            return done, failed
-        _, object_info = await client.json("GET", "/object_info", timeout=300)
-        _, files = await client.json("GET", "/dpir/model_files")
-        guidance = (files or {}).get("guidance", {}) if isinstance(files, dict) else {}
-        hashes = None
-        bar = tqdm(total=len(jobs), unit="image", file=sys.stderr, dynamic_ncols=True)
-        for image, out in jobs:
+            self.models = {k: r["names"][0] for k, r in results.items() if k != "t5_embedding" and r["names"]}
+        if with_jobs:
+            _, self.object_info = await self.client.json("GET", "/object_info", timeout=300)
+            _, files = await self.client.json("GET", "/dpir/model_files")
+            self.guidance = (files or {}).get("guidance", {}) if isinstance(files, dict) else {}
+        self.state = "ready"
+
+    async def run(self, dealer: Dealer, with_jobs: bool) -> None:
+        import aiohttp
+
+        try:
+            await self.client.wait_up(self.proc, 300 if self.proc else self.args.server_timeout)
+            await self.watched(self.start(with_jobs))
+            while (job := await dealer.take(self)) is not None:
+                result = None
+                try:
+                    result = await self.watched(self.restore(job))
+                finally:  # a server problem (or a cancel) leaves result None: the image goes back to the others
+                    await dealer.settle(job, self, result)
+                    if result is None:
+                        self.requeued.append(job.image)
+                if not isinstance(result, str):
+                    self.restored += 1
+                    self.show()
+                self.overall.update(1)
+            self.state = "finished"
+        except (SetupError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            self.state, self.why = "down", str(e) if isinstance(e, SetupError) else why_down(e)
+            self.show("dropped: " + self.why.splitlines()[0])
+            if len(self.peers) > 1:
+                again = f"; {self.requeued[-1].name} goes to the others" if self.requeued else ""
+                verb = "dropped from the batch" if self.restored or self.requeued else "not used"
+                self.say(f"{self.name} {verb}: {self.why.splitlines()[0]}{again}")
+
+    def show(self, doing: str = "") -> None:
+        """Several servers: this server's bar (on a terminal) and the per-server counts beside the batch bar."""
+        if self.bar is None:
+            return
+        self.bar.set_description_str(f"{self.name}: {self.restored} restored" + (f" | {doing}" if doing else ""),
+                                     refresh=False)
+        self.bar.set_postfix_str("")
+        self.overall.set_postfix_str(" | ".join(f"{w.name} {w.restored}" + (" dropped" if w.state == "down" else "")
+                                                for w in self.peers))
+
+    async def watched(self, coro):
+        """Run ``coro`` while pinging the server (GET /queue): ServerDown once it goes --server-timeout
+        seconds without answering (stopped, hung, or a lost network)."""
+        task = asyncio.ensure_future(coro)
+        timeout = self.args.server_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=min(2.0, timeout / 2))
+                if done:
+                    return task.result()
+                try:
+                    await self.client.json("GET", "/queue", timeout=timeout)
+                except asyncio.TimeoutError:
+                    if task.done():
+                        return task.result()
+                    raise ServerDown(f"it stopped answering (no reply in {timeout:g} s)") from None
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def restore(self, job: Job):
+        """(png bytes, sidecar) or an error text for this image; ServerDown for a server-side problem."""
+        args, image, out = self.args, job.image, job.out
+        if self.bar is None:  # one server: the batch bar shows the image (and run_prompt its step)
+            bar = self.overall
             bar.set_description(image.name[-30:])
-            try:
-                data, name, size = prepare_image(image)
-            except (ValueError, OSError) as e:  # it changed since it was checked
-                failed.append((image, str(e)))
-                bar.update(1)
-                continue
-            workflow = choose_workflow(args.workflow, size, args)
-            api = build_prompt(shipped_workflow(workflow), object_info, args, await client.upload(data, name), models)
-            try:
-                entry = await run_prompt(client, api, bar)
-            except PromptRejected as e:
-                lines = missing_models(api, (e.body or {}).get("node_errors") if isinstance(e.body, dict) else {},
-                                       guidance)
-                bar.close()
-                if lines:
-                    raise SetupError("the models below are missing (python cli.py --download fetches them):\n"
-                                     + "\n".join(lines)) from None
-                raise SetupError(f"ComfyUI refused the prompt: {json.dumps(e.body)[:3000]}") from None
-            err = execution_error(entry)
-            images = [i for o in (entry.get("outputs") or {}).values() for i in o.get("images") or []]
-            if err is None and not images:
-                err = "the workflow gave no image"
-            if err is not None:
-                failed.append((image, err))
-                bar.update(1)
-                continue
-            if hashes is None:
-                status, hashes = await client.json("POST", "/dpir/model_hashes", used_models(api), timeout=3600)
-                hashes = hashes if status == 200 else {"error": hashes}
-            atomic_write(out, await client.view(images[0]))
-            sidecar = {"input": str(image), "output": str(out), "workflow": f"workflows/{workflow}.json",
-                       "settings": {"seed": args.seed, "steps": args.steps, "cfg": args.cfg, "long_side": args.long_side,
-                                    "scale": args.scale, "prompt": args.prompt, "t5_embedding": args.t5_embedding},
-                       "input_size": list(size), "models": hashes, "pack_version": pack_version(),
-                       "prompt": api}
-            atomic_write(out.with_suffix(".json"), json.dumps(sidecar, indent=1).encode())
-            done += 1
-            bar.update(1)
-        bar.close()
-    return done, failed
+        else:
+            bar = self.bar
+            self.show(image.name[-30:])
+        try:
+            data, name, size = prepare_image(image)
+        except (ValueError, OSError) as e:  # it changed since it was checked
+            return str(e)
+        workflow = choose_workflow(args.workflow, size, args)
+        api = build_prompt(shipped_workflow(workflow), self.object_info, args,
+                           await self.client.upload(data, name), self.models)
+        try:
+            entry = await run_prompt(self.client, api, bar)
+        except PromptRejected as e:
+            lines = missing_models(api, (e.body or {}).get("node_errors") if isinstance(e.body, dict) else {},
+                                   self.guidance)
+            if lines:
+                raise ServerDown("the models below are missing (python cli.py --download fetches them):\n"
+                                 + "\n".join(lines)) from None
+            raise ServerDown(f"ComfyUI refused the prompt: {json.dumps(e.body)[:3000]}") from None
+        err = execution_error(entry)
+        images = [i for o in (entry.get("outputs") or {}).values() for i in o.get("images") or []]
+        if err is None and not images:
+            err = "the workflow gave no image"
+        if err is not None:
+            return err
+        if self.hashes is None:
+            status, hashes = await self.client.json("POST", "/dpir/model_hashes", used_models(api), timeout=3600)
+            self.hashes = hashes if status == 200 else {"error": hashes}
+            self.compare_models()
+        try:
+            png = await self.client.view(images[0])
+        except RuntimeError as e:
+            return str(e)
+        sidecar = {"input": str(image), "output": str(out), "workflow": f"workflows/{workflow}.json",
+                   "settings": {"seed": args.seed, "steps": args.steps, "cfg": args.cfg, "long_side": args.long_side,
+                                "scale": args.scale, "prompt": args.prompt, "t5_embedding": args.t5_embedding},
+                   "input_size": list(size), "models": self.hashes, "pack_version": pack_version(),
+                   "prompt": api}
+        return png, sidecar
+
+    def compare_models(self) -> None:
+        """Warn when servers hold different model files: their results differ (each sidecar names its files)."""
+        for other in self.peers:
+            if other is not self and other.hashes is not None:
+                differ = sorted(k for k in set(self.hashes) | set(other.hashes)
+                                if self.hashes.get(k) != other.hashes.get(k))
+                if differ:
+                    self.say(f"warning: {self.name} and {other.name} hold different model files "
+                             f"({', '.join(differ)}): their results differ; each sidecar records the files used")
+                return
+
+    def summary(self) -> str:
+        if self.state == "starting":
+            return f"  {self.name}: not used (the batch was done before it answered)"
+        if self.state == "down" and not self.restored and not self.requeued:
+            return f"  {self.name}: not used: {self.why.splitlines()[0]}"
+        line = f"  {self.name}: restored {self.restored}"
+        if self.state == "down":
+            line += f", then dropped: {self.why.splitlines()[0]}"
+            if self.requeued:
+                line += f"; re-queued on the others: {', '.join(p.name for p in self.requeued)}"
+        return line
+
+
+async def batch(args, jobs, server: Headless | None, urls: list[str]) -> tuple[int, list]:
+    """Restore ``jobs`` on the servers at ``urls``; (restored, [(image, why it failed)])."""
+    import aiohttp
+    from tqdm import tqdm
+
+    dealer = Dealer([Job(i, o) for i, o in jobs])
+    several = len(urls) > 1
+    overall = tqdm(total=len(jobs), unit="image", file=sys.stderr, dynamic_ncols=True,
+                   disable=not jobs, desc="all servers" if several else None)
+    async with aiohttp.ClientSession() as http:
+        workers = [Worker(Client(http, url), server, args, overall,
+                          # one bar per server on a terminal (in a log, the batch bar's counts say it)
+                          tqdm(file=sys.stderr, dynamic_ncols=True, position=i + 1, bar_format="{desc}{postfix}",
+                               disable=not (jobs and sys.stderr.isatty())) if several else None)
+                   for i, url in enumerate(urls)]
+        for w in workers:
+            w.peers = workers
+        tasks = {asyncio.ensure_future(w.run(dealer, bool(jobs))): w for w in workers}
+        settled = asyncio.ensure_future(dealer.all_settled())
+        try:
+            while not (jobs and settled.done()) and not all(t.done() for t in tasks):
+                await asyncio.wait([t for t in tasks if not t.done()] + [settled],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            for t, w in tasks.items():  # the batch is done: servers still coming up are not needed
+                if w.state == "starting" and not args.download:
+                    t.cancel()
+            for t in tasks:
+                await asyncio.gather(t, return_exceptions=True)
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            settled.cancel()
+            for w in workers:
+                if w.bar is not None:
+                    w.bar.close()
+            overall.close()
+    down = [w for w in workers if w.state == "down"]
+    if dealer.pending or (not jobs and len(down) == len(workers)):
+        if len(workers) == 1:
+            raise SetupError(workers[0].why)
+        left = f"{len(dealer.pending)} image(s) not restored" if jobs else "nothing fetched"
+        raise SetupError(f"no ComfyUI server is left to restore the batch ({left}, {dealer.done} restored):\n"
+                         + "\n".join(f"- {w.client.url}: {w.why}".replace("\n", "\n    ") for w in workers))
+    if several or down:
+        print("servers:\n" + "\n".join(w.summary() for w in workers), file=sys.stderr)
+    return dealer.done, dealer.failed
 
 
 def main(argv=None) -> int:
@@ -630,8 +872,8 @@ def main(argv=None) -> int:
     jobs, server, done = readable, None, 0
     try:
         if jobs or args.download:
-            url = args.server
-            if url is None:
+            urls = args.server
+            if not urls:
                 host, how = find_comfyui(args.comfyui)
                 if host is None:
                     raise SetupError(how)
@@ -641,8 +883,8 @@ def main(argv=None) -> int:
                 print(f"starting ComfyUI ({host}) on 127.0.0.1 ...", file=sys.stderr)
                 server = Headless(host, cpu, args.base_directory and args.base_directory.resolve(),
                                   args.extra_model_paths and args.extra_model_paths.resolve(), online=args.download)
-                url = server.url
-            done, more = asyncio.run(batch(args, jobs, server, url))
+                urls = [server.url]
+            done, more = asyncio.run(batch(args, jobs, server, urls))
             failed += more
     except SetupError as e:
         print(f"error: {redact(e)}", file=sys.stderr)
