@@ -76,19 +76,64 @@ export function graphScale(app) {
   return app.canvas?.ds?.scale ?? 1
 }
 
-// The node feeding input `name` of `node`, through legacy Reroute nodes.
+// The node feeding input `name` of `node`, through legacy Reroute nodes and subgraph boundaries (frontend 1.2x+:
+// a link from a subgraph's input slot continues at the subgraph node in the parent graph; an output of a subgraph
+// node continues at the inner node wired to it). Null when unknown, e.g. while a workflow loads and the node is not
+// in a graph yet (1.5x's getInputNode then throws NullGraphError).
 export function inputNode(node, name) {
-  let slot = node.findInputSlot?.(name)
   let n = node
-  for (let hops = 0; hops < 16; hops++) {
-    if (slot == null || slot < 0) return null
-    const src = n.getInputNode?.(slot)
+  let link = inputLink(n, n.findInputSlot?.(name))
+  for (let hops = 0; hops < 16 && link; hops++) {
+    const graph = n.graph
+    if (link.origin_id === SUBGRAPH_INPUT_ID) {
+      n = subgraphHost(graph)
+      link = n && inputLink(n, link.origin_slot)
+      continue
+    }
+    const src = graph.getNodeById(link.origin_id)
     if (!src) return null
-    if (src.type !== 'Reroute') return src
-    n = src
-    slot = 0
+    if (src.type === 'Reroute') {
+      n = src
+      link = inputLink(n, 0)
+    } else if (src.isSubgraphNode?.()) {
+      const inner = src.subgraph.outputNode?.slots?.[link.origin_slot]?.getLinks?.()?.[0]
+      if (!inner) return null
+      // continue inside: a link whose target is the subgraph's output node
+      n = { graph: src.subgraph }
+      link = inner
+    } else return src
   }
   return null
+}
+
+const SUBGRAPH_INPUT_ID = -10 // litegraph's id of a subgraph's input node
+
+function inputLink(node, slot) {
+  if (slot == null || slot < 0 || !node?.graph) return null
+  if (node.isSubgraphNode?.()) {  // its own getInputLink answers for the inner side
+    const id = node.inputs?.[slot]?.link
+    return id == null ? null : node.graph.links?.get?.(id) ?? node.graph.links?.[id] ?? null
+  }
+  return node.getInputLink?.(slot) ?? null
+}
+
+// The subgraph node whose subgraph is `graph` (the first one, when the definition is used more than once).
+function subgraphHost(graph) {
+  const root = graph?.rootGraph
+  if (!root || root === graph) return null
+  const seen = new Set()
+  const visit = (g) => {
+    if (!g || seen.has(g)) return null
+    seen.add(g)
+    for (const n of g.nodes ?? []) {
+      if (!n.isSubgraphNode?.()) continue
+      if (n.subgraph === graph) return n
+      const hit = visit(n.subgraph)
+      if (hit) return hit
+    }
+    return null
+  }
+  return visit(root)
 }
 
 export function widget(node, name) {
