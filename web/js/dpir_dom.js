@@ -140,6 +140,23 @@ export function widget(node, name) {
   return node?.widgets?.find((w) => w.name === name)
 }
 
+// The value a widget will run with. Inside a subgraph, a widget promoted to the subgraph node (1.5x: a subgraph
+// input wired to the widget's input) runs with the subgraph node's value, not the inner widget's.
+export function widgetValue(node, name) {
+  let n = node
+  let link = inputLink(n, n?.findInputSlot?.(name))
+  for (let hops = 0; hops < 16 && link?.origin_id === SUBGRAPH_INPUT_ID; hops++) {
+    const host = subgraphHost(n.graph)
+    const input = host?.inputs?.[link.origin_slot]
+    if (!input) break
+    const w = host.widgets?.find((w) => w.name === input.name)
+    link = inputLink(host, link.origin_slot)
+    if (!link && w) return w.value
+    n = host
+  }
+  return widget(node, name)?.value
+}
+
 // extend a LiteGraph node method on a node type: the original runs first, then after(node, ...args)
 export function extendMethod(nodeType, name, after) {
   const original = nodeType.prototype[name]
