@@ -342,7 +342,7 @@ def _output_link(level: _Level, slot: int):
         if lid in level.links:
             return level.links[lid]
     for link in level.links.values():
-        if link[3] == SUBGRAPH_OUTPUT_ID and link[4] == slot:
+        if str(link[3]) == str(SUBGRAPH_OUTPUT_ID) and link[4] == slot:
             return link
     return None
 
@@ -362,7 +362,7 @@ def expand_subgraphs(ui: Mapping) -> dict:
 
     def source(level: _Level, origin_id, origin_slot, seen: frozenset):
         """Flattened (node id, slot) of a link's origin, a _Value, or None (nothing arrives)."""
-        if origin_id == SUBGRAPH_INPUT_ID:
+        if str(origin_id) == str(SUBGRAPH_INPUT_ID):  # ids may be saved as strings
             if level.host is None:
                 raise ValueError(f"{level.where()}: a link starts at a subgraph input outside any subgraph")
             hin = _host_input(level.host, level.definition, origin_slot)

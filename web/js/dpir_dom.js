@@ -85,7 +85,7 @@ export function inputNode(node, name) {
   let link = inputLink(n, n.findInputSlot?.(name))
   for (let hops = 0; hops < 16 && link; hops++) {
     const graph = n.graph
-    if (link.origin_id === SUBGRAPH_INPUT_ID) {
+    if (fromSubgraphInput(link)) {
       n = subgraphHost(graph)
       link = n && inputLink(n, link.origin_slot)
       continue
@@ -106,7 +106,8 @@ export function inputNode(node, name) {
   return null
 }
 
-const SUBGRAPH_INPUT_ID = -10 // litegraph's id of a subgraph's input node
+// litegraph's id of a subgraph's input node (1.5x keeps node ids as strings: '-10')
+const fromSubgraphInput = (link) => link != null && String(link.origin_id) === '-10'
 
 function inputLink(node, slot) {
   if (slot == null || slot < 0 || !node?.graph) return null
@@ -145,7 +146,7 @@ export function widget(node, name) {
 export function widgetValue(node, name) {
   let n = node
   let link = inputLink(n, n?.findInputSlot?.(name))
-  for (let hops = 0; hops < 16 && link?.origin_id === SUBGRAPH_INPUT_ID; hops++) {
+  for (let hops = 0; hops < 16 && fromSubgraphInput(link); hops++) {
     const host = subgraphHost(n.graph)
     const input = host?.inputs?.[link.origin_slot]
     if (!input) break
