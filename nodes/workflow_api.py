@@ -309,18 +309,36 @@ class _Value:
         self.value = value
 
 
-def _host_widget_values(host: Mapping) -> dict:
-    """{input name: value} of a subgraph node's promoted widgets (its inputs that carry a widget)."""
-    named = host.get("widgets_values_named")
+def _promoted_names(definition: Mapping) -> list:
+    """Names of the subgraph's inputs wired to an inner widget: the host node's widgets, in their order."""
+    nodes = {str(n.get("id")): n for n in definition.get("nodes") or []}
+    links = {_link_tuple(link)[0]: _link_tuple(link) for link in definition.get("links") or []}
+    names = []
+    for sg_input in definition.get("inputs") or []:
+        for lid in sg_input.get("linkIds") or []:
+            link = links.get(lid)
+            target = link and nodes.get(str(link[3]))
+            inputs = (target or {}).get("inputs") or []
+            if link and link[4] is not None and link[4] < len(inputs) and inputs[link[4]].get("widget"):
+                names.append(sg_input.get("name"))
+                break
+    return names
+
+
+def _host_widget_values(host: Mapping, definition: Mapping) -> dict:
+    """{input name: value} of a subgraph node's promoted widgets. 1.58 saves them in ``widgets_values`` (in the
+    order of the subgraph's inputs that feed a widget) and by name in ``widgets_values_named``; the host's own
+    input entries for them may be left out of the file."""
+    names = _promoted_names(definition)
     wv = host.get("widgets_values")
-    names = [i.get("name") for i in host.get("inputs") or [] if i.get("widget")]
     if isinstance(wv, Mapping):
         values = {k: v for k, v in wv.items() if v is not None}
     else:
         wv = list(wv or [])
         values = {n: wv[k] for k, n in enumerate(names) if k < len(wv) and wv[k] is not None}
+    named = host.get("widgets_values_named")
     if isinstance(named, Mapping):
-        values.update({k: v for k, v in named.items() if k in names and v is not None})
+        values.update({k: v for k, v in named.items() if v is not None})
     return values
 
 
@@ -366,19 +384,16 @@ def expand_subgraphs(ui: Mapping) -> dict:
             if level.host is None:
                 raise ValueError(f"{level.where()}: a link starts at a subgraph input outside any subgraph")
             hin = _host_input(level.host, level.definition, origin_slot)
-            if hin is None:
-                return None
-            if hin.get("link") is not None:
+            if hin is not None and hin.get("link") is not None:
                 link = level.parent.links.get(hin["link"])
                 if link is None:
                     raise ValueError(f"{_label(level.host)} input {hin.get('name')!r}: link {hin['link']} "
                                      f"is not in {level.parent.where()}'s links")
                 return source(level.parent, link[1], link[2], seen)
-            if hin.get("widget"):
-                values = _host_widget_values(level.host)
-                if hin.get("name") in values:
-                    return _Value(values[hin["name"]])
-            return None
+            sg_inputs = level.definition.get("inputs") or []
+            name = sg_inputs[origin_slot].get("name") if origin_slot < len(sg_inputs) else None
+            values = _host_widget_values(level.host, level.definition)
+            return _Value(values[name]) if name in values else None
         node = level.node(origin_id)
         if node is None:
             raise ValueError(f"{level.where()}: a link starts at node {origin_id}, which is not there")

@@ -277,7 +277,8 @@ class Subgraph(Graph):
         promoted widgets' values in ``widgets_values``."""
         nid = g.first_id + len(g.nodes)
         node = {"id": nid, "type": self.id, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
-                "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [v for _, v in self.promoted]}
+                "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [v for _, v in self.promoted],
+                "widgets_values_named": dict(self.promoted)}
         if title:
             node["title"] = title
         for s in self.input_node["outputs"]:
