@@ -8,6 +8,8 @@
 // web/docs/<Node>.md (1.5x first tries docs/<Node>/<locale>.md, then this file). With the Vue node renderer
 // (1.3x+ "Nodes 2.0") canvas hooks such as onDrawForeground do not run: dpir_tiles.js polls on a timer there.
 
+import { crossBoundary, inputLink } from './dpir_subgraph.js'
+
 export const PACK = 'ComfyUI-DPIR'
 
 // A DOM widget that is never saved into the workflow nor sent with the prompt.
@@ -76,86 +78,29 @@ export function graphScale(app) {
   return app.canvas?.ds?.scale ?? 1
 }
 
-// The node feeding input `name` of `node`, through legacy Reroute nodes and subgraph boundaries (frontend 1.2x+:
-// a link from a subgraph's input slot continues at the subgraph node in the parent graph; an output of a subgraph
-// node continues at the inner node wired to it). Null when unknown, e.g. while a workflow loads and the node is not
-// in a graph yet (1.5x's getInputNode then throws NullGraphError).
+// The node feeding input `name` of `node`, through legacy Reroute nodes and subgraph boundaries (dpir_subgraph.js).
+// Null when unknown, e.g. while a workflow loads and the node is not in a graph yet (1.5x configures the nodes of
+// a loaded workflow before adding them, and its getInputNode throws NullGraphError there).
 export function inputNode(node, name) {
-  let n = node
-  let link = inputLink(n, n.findInputSlot?.(name))
-  for (let hops = 0; hops < 16 && link; hops++) {
-    const graph = n.graph
-    if (fromSubgraphInput(link)) {
-      n = subgraphHost(graph)
-      link = n && inputLink(n, link.origin_slot)
+  let graph = node?.graph
+  let link = inputLink(node, node?.findInputSlot?.(name))
+  for (let hops = 0; hops < 16 && link && graph; hops++) {
+    const next = crossBoundary(graph, link)
+    if (next) {
+      graph = next.graph
+      link = next.link
       continue
     }
-    const src = graph.getNodeById(link.origin_id)
+    const src = graph.getNodeById?.(link.origin_id)
     if (!src) return null
-    if (src.type === 'Reroute') {
-      n = src
-      link = inputLink(n, 0)
-    } else if (src.isSubgraphNode?.()) {
-      const inner = src.subgraph.outputNode?.slots?.[link.origin_slot]?.getLinks?.()?.[0]
-      if (!inner) return null
-      // continue inside: a link whose target is the subgraph's output node
-      n = { graph: src.subgraph }
-      link = inner
-    } else return src
+    if (src.type !== 'Reroute') return src
+    link = inputLink(src, 0)
   }
   return null
 }
 
-// litegraph's id of a subgraph's input node (1.5x keeps node ids as strings: '-10')
-const fromSubgraphInput = (link) => link != null && String(link.origin_id) === '-10'
-
-function inputLink(node, slot) {
-  if (slot == null || slot < 0 || !node?.graph) return null
-  if (node.isSubgraphNode?.()) {  // its own getInputLink answers for the inner side
-    const id = node.inputs?.[slot]?.link
-    return id == null ? null : node.graph.links?.get?.(id) ?? node.graph.links?.[id] ?? null
-  }
-  return node.getInputLink?.(slot) ?? null
-}
-
-// The subgraph node whose subgraph is `graph` (the first one, when the definition is used more than once).
-function subgraphHost(graph) {
-  const root = graph?.rootGraph
-  if (!root || root === graph) return null
-  const seen = new Set()
-  const visit = (g) => {
-    if (!g || seen.has(g)) return null
-    seen.add(g)
-    for (const n of g.nodes ?? []) {
-      if (!n.isSubgraphNode?.()) continue
-      if (n.subgraph === graph) return n
-      const hit = visit(n.subgraph)
-      if (hit) return hit
-    }
-    return null
-  }
-  return visit(root)
-}
-
 export function widget(node, name) {
   return node?.widgets?.find((w) => w.name === name)
-}
-
-// The value a widget will run with. Inside a subgraph, a widget promoted to the subgraph node (1.5x: a subgraph
-// input wired to the widget's input) runs with the subgraph node's value, not the inner widget's.
-export function widgetValue(node, name) {
-  let n = node
-  let link = inputLink(n, n?.findInputSlot?.(name))
-  for (let hops = 0; hops < 16 && fromSubgraphInput(link); hops++) {
-    const host = subgraphHost(n.graph)
-    const input = host?.inputs?.[link.origin_slot]
-    if (!input) break
-    const w = host.widgets?.find((w) => w.name === input.name)
-    link = inputLink(host, link.origin_slot)
-    if (!link && w) return w.value
-    n = host
-  }
-  return widget(node, name)?.value
 }
 
 // extend a LiteGraph node method on a node type: the original runs first, then after(node, ...args)

@@ -7,7 +7,8 @@
 // 'DPIR Robust VAE Encode' (e.g. Load Image) at the size that node will resize it to.
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, inputNode, loadImage, viewURL, widget, widgetValue, wrapCallback } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, inputNode, loadImage, viewURL, widget, wrapCallback } from './dpir_dom.js'
+import { widgetValue } from './dpir_subgraph.js'
 import { dpirTilePlan, encodeTargetSize, tileBatchMemory } from './dpir_tile_plan.js'
 
 const NODE = 'DPIRTiledPrompt'
