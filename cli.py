@@ -38,7 +38,7 @@ from pathlib import Path
 PACK_ROOT = Path(__file__).resolve().parent
 PACK_NAME = "ComfyUI-DPIR"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-WORKFLOWS = {"restore": "dpir_restore", "large": "dpir_restore_large"}
+WORKFLOWS = {"restore": "dpir_restore", "large": "dpir_restore_large", "block": "subgraphs/dpir_restore_block"}
 TILE = 1024  # px: what one tile of the official setting holds; 'auto' tiles above it
 # loader input → the MODEL_FILES kind behind it (CLIP vision: the local tower unless it feeds 'summary')
 MODEL_INPUTS = {("DPIRModelLoader", "transformer"): "dpir_transformer",
@@ -508,8 +508,9 @@ def parse_args(argv):
     ap.add_argument("inputs", nargs="*", help="images, folders or glob patterns ('scans/**/*.png')")
     ap.add_argument("-o", "--output", type=Path, help="output folder (or one .png file for a single input)")
     ap.add_argument("-r", "--recursive", action="store_true", help="also restore images in sub-folders of a folder")
-    ap.add_argument("--workflow", choices=["restore", "large", "auto"], default="auto",
-                    help="restore: one 1024 px piece (official); large: tiled, for 2K-8K; auto: tiled above 1024 px")
+    ap.add_argument("--workflow", choices=["restore", "large", "block", "auto"], default="auto",
+                    help="restore: one 1024 px piece (official); large: tiled, for 2K-8K; block: large's chain as "
+                         "the 'DPIR Restore' subgraph workflow; auto: tiled above 1024 px")
     ap.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
     ap.add_argument("--download", action="store_true", help="fetch missing model files from Hugging Face first")
     ap.add_argument("--server", action="append", metavar="URL",

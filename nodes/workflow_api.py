@@ -27,6 +27,14 @@ Rules (mirroring frontend 1.27):
 * ``Reroute`` nodes are followed; a bypassed node (mode 4) passes an output
   through its input of the same slot index when the types fit, else its first
   input of the wanted type; notes, primitives and groups are dropped.
+* Subgraphs (frontend 1.2x+: ``definitions.subgraphs``, a node whose type
+  is a subgraph id) are expanded first, as the frontend does: inner nodes get
+  the id ``"<host id>:<inner id>"`` (nested: ``"a:b:c"``), links through the
+  subgraph's input and output slots join the nodes on either side, and a
+  promoted widget's value is the host node's (an input of the subgraph wired
+  to an inner widget, its value in the host's ``widgets_values``; the older
+  ``properties.proxyWidgets`` list too). A muted or bypassed subgraph node is
+  not expanded: it is dropped or passed through like any other node.
 * Muted nodes (mode 2) are dropped, and so is every node that needs one of
   their outputs for a *required* input (transitively); an optional input fed
   by a dropped node is just left out (this is what the frontend sends, minus
@@ -45,7 +53,7 @@ from typing import Any, Iterable, Mapping
 __all__ = [
     "MODE_ALWAYS", "MODE_MUTED", "MODE_BYPASS", "VIRTUAL_NODE_TYPES",
     "WidgetSlot", "widget_slots", "ui_to_api", "apply_overrides", "set_input",
-    "load_object_info", "main",
+    "load_object_info", "main", "expand_subgraphs",
 ]
 
 MODE_ALWAYS, MODE_MUTED, MODE_BYPASS = 0, 2, 4
@@ -61,6 +69,8 @@ FRONTEND_WIDGET_TYPES = {
     "SELECTBUTTON": True, "TEXTAREA": True,
     "IMAGEUPLOAD": False, "AUDIOUPLOAD": False,
 }
+# litegraph's ids of a subgraph's input and output nodes (the ends of links that cross its boundary)
+SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
 _MEDIA_UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 _LEGACY_SEED_NAMES = ("seed", "noise_seed")
 
@@ -195,8 +205,6 @@ class _Graph:
         for link in ui.get("links") or []:
             t = _link_tuple(link)
             self.links[t[0]] = t
-        subgraphs = ((ui.get("definitions") or {}).get("subgraphs") or [])
-        self.subgraph_ids = {s.get("id") for s in subgraphs if isinstance(s, Mapping)}
 
     def node(self, node_id: Any, context: str) -> Mapping:
         n = self.nodes.get(node_id)
@@ -241,8 +249,6 @@ class _Graph:
             if idx < 0:
                 return None
             return self.resolve_input(node, idx, None, visited)
-        if node.get("type") in self.subgraph_ids:
-            raise ValueError(f"{_label(node)}: subgraph nodes are not supported; unpack the subgraph in the editor")
         if node.get("type") in VIRTUAL_NODE_TYPES:
             if slot < len(node.get("inputs") or []):
                 return self.resolve_input(node, slot, want_type, visited)
@@ -270,6 +276,192 @@ class _Graph:
             if _valid_connection(t, out_type) and _valid_connection(t, want_type):
                 return i
         return -1
+
+
+# ---------------------------------------------------------------- subgraphs
+
+class _Level:
+    """One graph being flattened: the root, or a subgraph definition under one host node."""
+
+    def __init__(self, nodes, links, prefix: str, host=None, parent=None, definition=None):
+        self.nodes = {}
+        for n in nodes or []:
+            self.nodes[n["id"]] = n
+            self.nodes.setdefault(str(n["id"]), n)
+        self.links = {}
+        for link in links or []:
+            t = _link_tuple(link)
+            self.links[t[0]] = t
+        self.prefix, self.host, self.parent, self.definition = prefix, host, parent, definition
+
+    def node(self, node_id):
+        return self.nodes.get(node_id, self.nodes.get(str(node_id)))
+
+    def where(self) -> str:
+        return f"subgraph {self.definition.get('name') or self.definition.get('id')!r} in {_label(self.host)}" \
+            if self.host is not None else "the workflow"
+
+
+class _Value:
+    """A promoted widget's value arriving through a subgraph input (no link)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _promoted_names(definition: Mapping) -> list:
+    """Names of the subgraph's inputs wired to an inner widget: the host node's widgets, in their order."""
+    nodes = {str(n.get("id")): n for n in definition.get("nodes") or []}
+    links = {_link_tuple(link)[0]: _link_tuple(link) for link in definition.get("links") or []}
+    names = []
+    for sg_input in definition.get("inputs") or []:
+        for lid in sg_input.get("linkIds") or []:
+            link = links.get(lid)
+            target = link and nodes.get(str(link[3]))
+            inputs = (target or {}).get("inputs") or []
+            if link and link[4] is not None and link[4] < len(inputs) and inputs[link[4]].get("widget"):
+                names.append(sg_input.get("name"))
+                break
+    return names
+
+
+def _host_widget_values(host: Mapping, definition: Mapping) -> dict:
+    """{input name: value} of a subgraph node's promoted widgets. 1.58 saves them in ``widgets_values`` (in the
+    order of the subgraph's inputs that feed a widget) and by name in ``widgets_values_named``; the host's own
+    input entries for them may be left out of the file."""
+    names = _promoted_names(definition)
+    wv = host.get("widgets_values")
+    if isinstance(wv, Mapping):
+        values = {k: v for k, v in wv.items() if v is not None}
+    else:
+        wv = list(wv or [])
+        values = {n: wv[k] for k, n in enumerate(names) if k < len(wv) and wv[k] is not None}
+    named = host.get("widgets_values_named")
+    if isinstance(named, Mapping):
+        values.update({k: v for k, v in named.items() if v is not None})
+    return values
+
+
+def _host_input(host: Mapping, definition: Mapping, slot: int) -> Mapping | None:
+    """The host node's input for the subgraph's input ``slot`` (by name; by position as a fallback)."""
+    sg_inputs = definition.get("inputs") or []
+    name = sg_inputs[slot].get("name") if slot < len(sg_inputs) else None
+    inputs = host.get("inputs") or []
+    for i in inputs:
+        if name is not None and i.get("name") == name:
+            return i
+    return inputs[slot] if slot < len(inputs) and name is None else None
+
+
+def _output_link(level: _Level, slot: int):
+    """The link inside ``level`` that feeds the subgraph's output ``slot``."""
+    outs = level.definition.get("outputs") or []
+    for lid in (outs[slot].get("linkIds") or []) if slot < len(outs) else []:
+        if lid in level.links:
+            return level.links[lid]
+    for link in level.links.values():
+        if str(link[3]) == str(SUBGRAPH_OUTPUT_ID) and link[4] == slot:
+            return link
+    return None
+
+
+def expand_subgraphs(ui: Mapping) -> dict:
+    """A copy of ``ui`` with every active subgraph node replaced by its inner nodes (recursively), as the
+    frontend's graphToPrompt sees them: ids ``"host:inner"``, links joined across the subgraph boundary,
+    promoted widget values written into the inner widgets (``_dpir_widgets`` on the inner node). A workflow
+    without subgraphs comes back unchanged."""
+    definitions = {d.get("id"): d for d in ((ui.get("definitions") or {}).get("subgraphs") or [])
+                   if isinstance(d, Mapping)}
+    if not definitions:
+        return dict(ui)
+
+    def expanded(n) -> bool:
+        return n.get("type") in definitions and n.get("mode", MODE_ALWAYS) not in (MODE_MUTED, MODE_BYPASS)
+
+    def source(level: _Level, origin_id, origin_slot, seen: frozenset):
+        """Flattened (node id, slot) of a link's origin, a _Value, or None (nothing arrives)."""
+        if str(origin_id) == str(SUBGRAPH_INPUT_ID):  # ids may be saved as strings
+            if level.host is None:
+                raise ValueError(f"{level.where()}: a link starts at a subgraph input outside any subgraph")
+            hin = _host_input(level.host, level.definition, origin_slot)
+            if hin is not None and hin.get("link") is not None:
+                link = level.parent.links.get(hin["link"])
+                if link is None:
+                    raise ValueError(f"{_label(level.host)} input {hin.get('name')!r}: link {hin['link']} "
+                                     f"is not in {level.parent.where()}'s links")
+                return source(level.parent, link[1], link[2], seen)
+            sg_inputs = level.definition.get("inputs") or []
+            name = sg_inputs[origin_slot].get("name") if origin_slot < len(sg_inputs) else None
+            values = _host_widget_values(level.host, level.definition)
+            return _Value(values[name]) if name in values else None
+        node = level.node(origin_id)
+        if node is None:
+            raise ValueError(f"{level.where()}: a link starts at node {origin_id}, which is not there")
+        if not expanded(node):
+            return (level.prefix + str(node["id"]) if level.prefix else node["id"]), origin_slot
+        child = child_level(level, node, seen)
+        link = _output_link(child, origin_slot)
+        return None if link is None else source(child, link[1], link[2], seen | {node["type"]})
+
+    def child_level(level: _Level, host, seen: frozenset) -> _Level:
+        d = definitions[host["type"]]
+        if host["type"] in seen:
+            raise ValueError(f"{_label(host)}: subgraph {d.get('name')!r} contains itself")
+        return _Level(d.get("nodes"), d.get("links"), f"{level.prefix}{host['id']}:", host, level, d)
+
+    nodes, links = [], []
+
+    def flatten(level: _Level, seen: frozenset):
+        proxied = {}
+        if level.host is not None:  # the older promotion (1.2x-1.3x): [inner id, widget name], value on the host
+            wv = level.host.get("widgets_values")
+            for r, entry in enumerate((level.host.get("properties") or {}).get("proxyWidgets") or []):
+                if isinstance(entry, (list, tuple)) and len(entry) >= 2 and str(entry[0]) != "-1" \
+                        and isinstance(wv, list) and r < len(wv) and wv[r] is not None:
+                    proxied.setdefault(str(entry[0]), {})[entry[1]] = wv[r]
+        for n in _unique(level.nodes.values()):
+            if expanded(n):
+                flatten(child_level(level, n, seen), seen | {n["type"]})
+                continue
+            m = copy.deepcopy(dict(n))
+            if level.prefix:
+                m["id"] = level.prefix + str(n["id"])
+            widgets = dict(proxied.get(str(n["id"]), {}))
+            for inp in m.get("inputs") or []:
+                lid = inp.get("link")
+                if lid is None:
+                    continue
+                link = level.links.get(lid)
+                if link is None:
+                    raise ValueError(f"{_label(n)} input {inp.get('name')!r} in {level.where()}: "
+                                     f"link {lid} is not in its links")
+                src = source(level, link[1], link[2], seen)
+                inp["link"] = None
+                if isinstance(src, _Value):
+                    name = (inp.get("widget") or {}).get("name") or inp.get("name")
+                    widgets[name] = src.value
+                elif src is not None:
+                    new_id = f"{level.prefix}{lid}" if level.prefix else lid
+                    links.append([new_id, src[0], src[1], m["id"], (m["inputs"]).index(inp), link[5]])
+                    inp["link"] = new_id
+            if widgets:
+                m["_dpir_widgets"] = widgets
+            nodes.append(m)
+
+    flatten(_Level(ui.get("nodes"), ui.get("links"), ""), frozenset())
+    out = {k: v for k, v in ui.items() if k != "definitions"}
+    out["nodes"], out["links"] = nodes, links
+    return out
+
+
+def _unique(nodes: Iterable[Mapping]) -> list:
+    """The nodes of a _Level once each (it indexes them by id and by str(id))."""
+    seen, out = set(), []
+    for n in nodes:
+        if id(n) not in seen:
+            seen.add(id(n))
+            out.append(n)
+    return out
 
 
 def _boxed(value: Any) -> Any:
@@ -320,11 +512,14 @@ def ui_to_api(ui: Mapping, object_info: Mapping, *, prune: bool = True) -> dict:
 
     ``object_info`` is the server's ``GET /object_info`` answer (only the node
     types the workflow uses are needed). Raises ValueError naming the node for
-    an unknown node type, a dangling link or a subgraph. With ``prune`` (the
+    an unknown node type or a dangling link. Subgraphs are expanded first
+    (:func:`expand_subgraphs`). With ``prune`` (the
     default) nodes that need a muted node's output for a required input are
     dropped too; without it they are sent with that input missing, as the
     frontend does.
     """
+    if isinstance(ui, Mapping) and "nodes" in ui:
+        ui = expand_subgraphs(ui)
     g = _Graph(ui)
     active = []
     for n in ui["nodes"]:
@@ -332,8 +527,6 @@ def ui_to_api(ui: Mapping, object_info: Mapping, *, prune: bool = True) -> dict:
         mode = n.get("mode", MODE_ALWAYS)
         if t in VIRTUAL_NODE_TYPES or mode in (MODE_MUTED, MODE_BYPASS):
             continue
-        if t in g.subgraph_ids:
-            raise ValueError(f"{_label(n)}: subgraph nodes are not supported; unpack the subgraph in the editor")
         if t not in object_info:
             hint = " (a legacy group node; convert it back to nodes)" if str(t).startswith("workflow") else \
                 " (is its custom node pack installed and importing?)"
@@ -341,7 +534,7 @@ def ui_to_api(ui: Mapping, object_info: Mapping, *, prune: bool = True) -> dict:
         active.append(n)
 
     # Widget values, then PrimitiveNode values written into their targets.
-    values = {n["id"]: _widget_values(n, object_info[n["type"]]) for n in active}
+    values = {n["id"]: {**_widget_values(n, object_info[n["type"]]), **n.get("_dpir_widgets", {})} for n in active}
     for p in ui["nodes"]:
         if p.get("type") != "PrimitiveNode":
             continue

@@ -19,7 +19,7 @@ def test_every_single_file_loader_links_its_model():
     links = {f["workflow"]["name"]: (f["workflow"]["url"], f["folder"]) for f in files.values() if f.get("workflow")}
     assert set(links) == {"sd3_vae.safetensors", "clip_vit_b32.safetensors", "clip_vision_g.safetensors",
                           "t5xxl_fp16.safetensors"}
-    for path in sorted((PACK_ROOT / "workflows").glob("dpir_*.json")):
+    for path in sorted((PACK_ROOT / "workflows").rglob("dpir_*.json")):
         ui = json.loads(path.read_text())
         seen = set()
         for node in ui["nodes"]:

@@ -46,12 +46,13 @@ def _inputs(spec):
 
 
 class Graph:
-    def __init__(self, info):
+    def __init__(self, info, first_id=1, first_link=1):
         self.info, self.nodes, self.links = info, [], []
+        self.first_id, self.first_link = first_id, first_link  # a subgraph's ids follow the root graph's
 
     def add(self, type_, pos, widgets=None, inputs=None, size=(320, 160), title=None):
         """``inputs``: name → (node, output slot); ``widgets``: name → value (defaults from object_info)."""
-        nid = len(self.nodes) + 1
+        nid = self.first_id + len(self.nodes)
         node = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
                 "mode": 0, "inputs": [], "outputs": [], "properties": {"Node name for S&R": type_},
                 "widgets_values": []}
@@ -84,7 +85,7 @@ class Graph:
         return node
 
     def link(self, src, slot, dst, name):
-        lid = len(self.links) + 1
+        lid = self.first_link + len(self.links)
         dst_input = next((i for i in dst["inputs"] if i["name"] == name), None)
         if dst_input is None:  # a widget fed by a link: the frontend adds an input slot naming the widget
             t = next(t for n, t, _ in _inputs(self.info[dst["type"]]) if n == name)
@@ -245,6 +246,126 @@ def dpir_restore_autoprompt(info):
     return g.ui()
 
 
+class Subgraph(Graph):
+    """A subgraph definition (frontend 1.2x+ ``definitions.subgraphs``, in the form 1.58 saves after "Convert to
+    Subgraph" + "Promote widget"): nodes inside, links from its input node (id -10) and to its output node (-20).
+    A promoted widget is a subgraph input wired to the inner widget's input; its value lives on the host node."""
+
+    def __init__(self, info, name, first_id, first_link):
+        super().__init__(info, first_id, first_link)
+        self.name = name
+        self.id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ComfyUI-DPIR/subgraph/{name}"))
+        self.input_node = {"id": -10, "outputs": []}   # its slots are the subgraph's inputs
+        self.output_node = {"id": -20, "inputs": []}   # and the subgraph's outputs
+        self.promoted = []  # (input name, value) for the host node's widgets
+
+    def input(self, name, type_, targets, value=None, widget=False):
+        """A subgraph input ``name`` feeding ``targets`` [(node, input name)]; ``widget``: a promoted widget."""
+        slot = len(self.input_node["outputs"])
+        self.input_node["outputs"].append({"name": name, "type": type_, "links": [], "widget": widget})
+        for node, inp in targets:
+            self.link(self.input_node, slot, node, inp)
+        if widget:
+            self.promoted.append((name, value))
+        return slot
+
+    def output(self, name, type_, src, slot):
+        self.output_node["inputs"].append({"name": name, "type": type_, "link": None})
+        self.link(src, slot, self.output_node, name)
+
+    def definition(self):
+        def boundary(slots, links):
+            return [{"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.id}/{i}/{s['name']}")), "name": s["name"],
+                     "type": s["type"], "linkIds": links(s), "localized_name": s["name"]} for i, s in enumerate(slots)]
+
+        xs = [n["pos"][0] for n in self.nodes]
+        ys = [n["pos"][1] for n in self.nodes]
+        return {"id": self.id, "version": 1, "revision": 0, "name": self.name,
+                "state": {"lastGroupId": 0, "lastNodeId": self.first_id + len(self.nodes) - 1,
+                          "lastLinkId": self.first_link + len(self.links) - 1, "lastRerouteId": 0},
+                "config": {},
+                "inputNode": {"id": -10, "bounding": [min(xs) - 260, min(ys), 180, 40 + 20 * len(self.input_node["outputs"])]},
+                "outputNode": {"id": -20, "bounding": [max(xs) + 460, min(ys), 140, 40 + 20 * len(self.output_node["inputs"])]},
+                "inputs": boundary(self.input_node["outputs"], lambda s: list(s["links"])),
+                "outputs": boundary(self.output_node["inputs"], lambda s: [s["link"]]),
+                "widgets": [], "nodes": self.nodes, "groups": [],
+                "links": [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
+                          for link in self.links],
+                "extra": {}}
+
+    def host(self, g: Graph, pos, size=(360, 260), title=None):
+        """The subgraph node in ``g``: one input per subgraph input (a promoted one carries its widget), the
+        promoted widgets' values in ``widgets_values``."""
+        nid = g.first_id + len(g.nodes)
+        node = {"id": nid, "type": self.id, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+                "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [v for _, v in self.promoted],
+                "widgets_values_named": dict(self.promoted)}
+        if title:
+            node["title"] = title
+        for s in self.input_node["outputs"]:
+            inp = {"name": s["name"], "type": s["type"], "link": None}
+            if s["widget"]:
+                inp["widget"] = {"name": s["name"]}
+            node["inputs"].append(inp)
+        for s in self.output_node["inputs"]:
+            node["outputs"].append({"name": s["name"], "type": s["type"], "links": []})
+        g.nodes.append(node)
+        return node
+
+
+def dpir_restore_subgraph(info):
+    """The restore chain of dpir_restore_large as one "DPIR Restore" subgraph node with its knobs promoted; the
+    loaders, the photo, the text prompt and Save Image stay outside (the loaders keep their model guidance and
+    model links where the artist sees them)."""
+    g = Graph(info)
+    image, model, robust, clip1, clip2, t5 = loaders(g)
+    text = g.add("DPIRT5TextPrompt", (360, 1300), {"text": "a high-quality, sharp, detailed photo"}, {"clip": (t5, 0)},
+                 size=(360, 200))
+    sg = Subgraph(info, "DPIR Restore", first_id=100, first_link=100)
+    encode = sg.add("DPIRRobustVAEEncode", (0, 0))
+    visual = sg.add("DPIRVisualPrompt", (360, 0), {}, {"image": (encode, 1)})
+    dual = sg.add("DPIRDualPrompt", (720, 0), {}, {"visual_prompt": (visual, 0)})
+    tiles = sg.add("DPIRTiledPrompt", (1080, 0), {}, {"lq_image": (encode, 1)}, size=(400, 540))
+    lq = sg.add("DPIRApplyLQCondition", (0, 600), {}, {"lq_latent": (encode, 0)})
+    patch = sg.add("DPIRSamplerPatch", (360, 600), {}, {"model": (lq, 0), "positive": (dual, 0), "negative": (dual, 1),
+                                                       "tiles": (tiles, 0)})
+    noise = sg.add("RandomNoise", (360, 900), {"noise_seed": 42}, size=(300, 80))
+    sample = sg.add("SamplerCustomAdvanced", (720, 600), {}, {
+        "noise": (noise, 0), "guider": (patch, 1), "sampler": (patch, 2), "sigmas": (patch, 3),
+        "latent_image": (encode, 0)})
+    decode = sg.add("VAEDecodeTiled", (1080, 600), {"tile_size": 1024, "overlap": 64}, {"samples": (sample, 0)})
+    fix = sg.add("DPIRColourFix", (1500, 0), {}, {"image": (decode, 0), "lq_image": (encode, 1)}, size=(360, 420))
+    sg.input("image", "IMAGE", [(encode, "image")])
+    sg.input("model", "MODEL", [(lq, "model")])
+    sg.input("lq_branch", "DPIR_LQ_BRANCH", [(lq, "lq_branch")])
+    sg.input("robust_vae", "VAE", [(encode, "vae"), (decode, "vae")])
+    sg.input("clip_vision_local", "CLIP_VISION", [(visual, "clip_vision_local"), (tiles, "clip_vision_local")])
+    sg.input("clip_vision_summary", "CLIP_VISION", [(visual, "clip_vision_summary"), (tiles, "clip_vision_summary")])
+    sg.input("text_prompt", "CONDITIONING", [(dual, "text_prompt"), (tiles, "text_prompt")])
+    sg.input("tile_size", "INT", [(tiles, "tile_size")], 1024, widget=True)
+    sg.input("steps", "INT", [(patch, "steps")], 28, widget=True)
+    sg.input("method", "COMBO", [(fix, "method")], "wavelet", widget=True)
+    sg.output("IMAGE", "IMAGE", fix, 0)
+    host = sg.host(g, (760, 0), title="DPIR Restore")
+    for name, (src, slot) in {"image": (image, 0), "model": (model, 0), "lq_branch": (model, 1), "robust_vae": (robust, 0),
+                              "clip_vision_local": (clip1, 0), "clip_vision_summary": (clip2, 0),
+                              "text_prompt": (text, 0)}.items():
+        g.link(src, slot, host, name)
+    g.add("SaveImage", (1180, 0), {"filename_prefix": "dpir_restore"}, {"images": (host, 0)}, size=(400, 400))
+    g.add("MarkdownNote", (760, 420), {"text": (
+        "## DPIR Restore (one block)\nThe whole DPIR chain of `dpir_restore_large` in one subgraph: robust VAE "
+        "encode, visual + T5 dual prompt, tiled global-local prompt, LQ condition, sampler patch, tiled VAE decode, "
+        "colour fix. Its knobs are on the block: **tile_size** (px per tile; 1024 = the training crop), **steps** "
+        "(28 official) and the colour fix **method**. The LQ photo is resized to a long side of 1024 px inside.\n\n"
+        "Open the block (the icon at its top right) to see the tile overlay on 'DPIR Tiled Global-Local Prompt' and, "
+        "after a run, the before/after view on 'DPIR Colour Fix'.")}, size=(400, 300))
+    ui = g.ui()
+    ui["definitions"] = {"subgraphs": [sg.definition()]}
+    ui["last_node_id"] = sg.first_id + len(sg.nodes) - 1
+    ui["last_link_id"] = sg.first_link + len(sg.links) - 1
+    return ui
+
+
 def model_links(ui: dict, model_files: dict) -> dict:
     """ComfyUI's model metadata on the loaders: ``properties.models`` = [{name, url, directory}] for each
     widget value that names a single-file model of ``MODEL_FILES`` with a known download URL. The frontend's
@@ -259,7 +380,8 @@ def model_links(ui: dict, model_files: dict) -> dict:
 
 
 WORKFLOWS = {"dpir_restore": dpir_restore, "dpir_prompt_ablation": dpir_prompt_ablation,
-             "dpir_restore_large": dpir_restore_large, "dpir_restore_autoprompt": dpir_restore_autoprompt}
+             "dpir_restore_large": dpir_restore_large, "dpir_restore_autoprompt": dpir_restore_autoprompt,
+             "subgraphs/dpir_restore_block": dpir_restore_subgraph}
 
 
 def main():
@@ -274,6 +396,7 @@ def main():
 
     for name, build in WORKFLOWS.items():
         ui = model_links(build(info), load_model_files())
+        (a.out / f"{name}.json").parent.mkdir(exist_ok=True)
         (a.out / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         print("wrote", a.out / f"{name}.json")
 

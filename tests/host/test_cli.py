@@ -149,6 +149,28 @@ def test_one_command_from_no_models_to_a_restored_photo(comfyui_path, tmp_path):
         assert hub.downloads()
 
 
+def test_subgraph_workflow_gives_the_large_workflows_image(comfyui_path, models, tmp_path):
+    """--workflow block runs workflows/subgraphs/dpir_restore_block.json (one 'DPIR Restore' subgraph node, its
+    knobs promoted): the pack's converter expands the subgraph, and the image equals the one of the same chain
+    without a subgraph (--workflow large) at the same settings."""
+    _, yaml = models
+    photo = write_photo(tmp_path / "photo.png", 80, 60, seed=5)
+    images = {}
+    for workflow in ("block", "large"):
+        out = tmp_path / workflow / "photo.png"
+        run = run_cli(comfyui_path, photo, "-o", out, "--workflow", workflow, "--base-directory", tmp_path / "base",
+                      "--extra-model-paths", yaml, "--t5-embedding", PROMPT_EMBEDDING, *TINY)
+        assert run.returncode == 0, run.stderr[-3000:]
+        side = json.loads(out.with_suffix(".json").read_text())
+        images[workflow] = np.asarray(Image.open(out))
+        if workflow == "block":
+            assert side["workflow"] == "workflows/subgraphs/dpir_restore_block.json"
+            inner = {k: v["class_type"] for k, v in side["prompt"].items() if ":" in k}  # "<subgraph node>:<inner>"
+            assert {"DPIRTiledPrompt", "DPIRSamplerPatch", "DPIRColourFix"} <= set(inner.values())
+    assert images["block"].shape == (54, 72, 3) and images["block"].std() > 0
+    assert np.array_equal(images["block"], images["large"])
+
+
 def test_unreadable_inputs_alone_start_nothing(comfyui_path, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     run = run_cli(comfyui_path, tmp_path / "bad.jpg", tmp_path / "missing.png", "-o", tmp_path / "out")

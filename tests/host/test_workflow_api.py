@@ -341,11 +341,122 @@ def test_bad_inputs_raise_value_error(workflow_api):
     ui["links"] = ui["links"][:1]  # node 3's link 2 is gone
     with pytest.raises(ValueError, match=r"node 3 \(SaveImage\).*link 2"):
         workflow_api.ui_to_api(ui, OI)
-    ui = chain(UI()).json()
-    ui["definitions"] = {"subgraphs": [{"id": "0b6e-uuid", "nodes": []}]}
-    ui["nodes"].append({"id": 7, "type": "0b6e-uuid", "mode": 0, "inputs": [], "outputs": []})
-    with pytest.raises(ValueError, match=r"node 7 .*subgraph"):
-        workflow_api.ui_to_api(ui, OI)
+
+
+# ---------------------------------------------------------------- subgraphs (frontend 1.2x+)
+
+def subgraph(sid, inputs, outputs, ui: UI, name="Block"):
+    """A ``definitions.subgraphs`` entry: ``ui``'s nodes inside; ``inputs``/``outputs``: [(name, type, [link ids])]."""
+    return {"id": sid, "version": 1, "name": name, "inputNode": {"id": -10}, "outputNode": {"id": -20},
+            "inputs": [{"id": f"i{k}", "name": n, "type": t, "linkIds": ids} for k, (n, t, ids) in enumerate(inputs)],
+            "outputs": [{"id": f"o{k}", "name": n, "type": t, "linkIds": ids} for k, (n, t, ids) in enumerate(outputs)],
+            "widgets": [], "nodes": ui.nodes,
+            "links": [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
+                      for link in ui.links]}
+
+
+def _boundary_link(ui: UI, lid, src, src_slot, dst, dst_slot, type="IMAGE"):
+    """A link from the subgraph's input node (-10) or to its output node (-20)."""
+    ui.links.append([lid, src, src_slot, dst, dst_slot, type])
+    if dst != -20:
+        next(n for n in ui.nodes if n["id"] == dst)["inputs"][dst_slot]["link"] = lid
+
+
+def scale_block():
+    """Inside: image → ImageScale (width promoted as input 'width') → out 0; image also passes straight to out 1."""
+    inner = UI()
+    inner.node(5, "ImageScale", ["bilinear", 111, 32, "disabled"],
+               inputs=[img_in(), inp("width", "INT", widget=True)])
+    _boundary_link(inner, 1, -10, 0, 5, 0)
+    _boundary_link(inner, 2, -10, 1, 5, 1, "INT")
+    _boundary_link(inner, 3, 5, 0, -20, 0)
+    _boundary_link(inner, 4, -10, 0, -20, 1)
+    return subgraph("sg-scale", [("image", "IMAGE", [1, 4]), ("width", "INT", [2])],
+                    [("IMAGE", "IMAGE", [3]), ("passed", "IMAGE", [4])], inner)
+
+
+def host_ui(mode=0, widgets=(64,), **host_kw):
+    ui = UI()
+    ui.node(1, "EmptyImage", [64, 48, 1, 255])
+    ui.node(7, "sg-scale", list(widgets), inputs=[img_in(), inp("width", "INT", widget=True)],
+            outputs=("IMAGE", "IMAGE"), mode=mode, **host_kw)
+    ui.node(3, "SaveImage", ["a"], inputs=[img_in("images")], outputs=())
+    ui.node(4, "SaveImage", ["b"], inputs=[img_in("images")], outputs=())
+    ui.link(1, 0, 7, 0)
+    ui.link(7, 0, 3, 0)
+    ui.link(7, 1, 4, 0)
+    wf = ui.json()
+    wf["definitions"] = {"subgraphs": [scale_block()]}
+    return wf
+
+
+def test_subgraph_is_expanded_with_host_ids_and_promoted_values(workflow_api):
+    api = workflow_api.ui_to_api(host_ui(), OI)
+    assert sorted(api) == ["1", "3", "4", "7:5"]
+    assert api["7:5"]["inputs"] == {"upscale_method": "bilinear", "width": 64, "height": 32, "crop": "disabled",
+                                    "image": ["1", 0]}  # the host's promoted width, not the inner 111
+    assert api["3"]["inputs"]["images"] == ["7:5", 0]
+    assert api["4"]["inputs"]["images"] == ["1", 0]  # straight through the subgraph
+
+
+def test_subgraph_promoted_values_by_name_or_missing(workflow_api):
+    named = host_ui(widgets=(), widgets_values_named={"width": 80})
+    for n in named["nodes"]:  # 1.58 may leave the host's widget inputs out of the file
+        n["inputs"] = [i for i in n["inputs"] if not i.get("widget")]
+    assert workflow_api.ui_to_api(named, OI)["7:5"]["inputs"]["width"] == 80
+    # no value on the host: the inner widget's own
+    assert workflow_api.ui_to_api(host_ui(widgets=()), OI)["7:5"]["inputs"]["width"] == 111
+
+
+def test_subgraph_widget_input_fed_from_outside(workflow_api):
+    ui = host_ui()
+    ui["nodes"].insert(0, {"id": 9, "type": "PrimitiveNode", "mode": 0, "widgets_values": [200, "fixed"],
+                           "inputs": [], "outputs": [{"name": "INT", "type": "INT", "links": [9]}]})
+    ui["links"].append([9, 9, 0, 7, 1, "INT"])
+    ui["nodes"][2]["inputs"][1]["link"] = 9
+    assert workflow_api.ui_to_api(ui, OI)["7:5"]["inputs"]["width"] == 200
+
+
+def test_legacy_proxy_widgets(workflow_api):
+    """Frontend 1.2x-1.3x promotion: properties.proxyWidgets [[inner id, widget]], value by position on the host."""
+    ui = host_ui(widgets=(64, 77), properties={"proxyWidgets": [["-1", "width"], ["5", "height"]]})
+    assert workflow_api.ui_to_api(ui, OI)["7:5"]["inputs"]["height"] == 77
+
+
+def test_nested_subgraphs(workflow_api):
+    """A subgraph node inside a subgraph: ids 'outer:inner:node', links through both boundaries."""
+    mid = UI()
+    mid.node(6, "sg-scale", [90], inputs=[img_in(), inp("width", "INT", widget=True)], outputs=("IMAGE", "IMAGE"))
+    _boundary_link(mid, 1, -10, 0, 6, 0)
+    _boundary_link(mid, 2, 6, 0, -20, 0)
+    ui = UI()
+    ui.node(1, "EmptyImage", [64, 48, 1, 255])
+    ui.node(8, "sg-outer", [], inputs=[img_in()])
+    ui.node(3, "SaveImage", ["a"], inputs=[img_in("images")], outputs=())
+    ui.link(1, 0, 8, 0)
+    ui.link(8, 0, 3, 0)
+    wf = ui.json()
+    wf["definitions"] = {"subgraphs": [scale_block(), subgraph("sg-outer", [("image", "IMAGE", [1])],
+                                                                [("IMAGE", "IMAGE", [2])], mid)]}
+    api = workflow_api.ui_to_api(wf, OI)
+    assert sorted(api) == ["1", "3", "8:6:5"]
+    assert api["8:6:5"]["inputs"]["image"] == ["1", 0] and api["8:6:5"]["inputs"]["width"] == 90
+    assert api["3"]["inputs"]["images"] == ["8:6:5", 0]
+
+
+def test_muted_and_bypassed_subgraph_nodes(workflow_api):
+    muted = workflow_api.ui_to_api(host_ui(mode=2), OI)
+    assert sorted(muted) == ["1"]  # both Save Image nodes needed it
+    bypassed = workflow_api.ui_to_api(host_ui(mode=4), OI)
+    assert bypassed["3"]["inputs"]["images"] == ["1", 0] and bypassed["4"]["inputs"]["images"] == ["1", 0]
+
+
+def test_subgraph_that_contains_itself_raises(workflow_api):
+    wf = host_ui()
+    inner = wf["definitions"]["subgraphs"][0]
+    inner["nodes"].append({"id": 6, "type": "sg-scale", "mode": 0, "inputs": [], "outputs": []})
+    with pytest.raises(ValueError, match="contains itself"):
+        workflow_api.ui_to_api(wf, OI)
 
 
 def test_circular_reroutes_raise(workflow_api):
@@ -498,7 +609,7 @@ def test_frontend_templates_validate(comfy_server, object_info, workflow_api):
     assert not problems, f"{len(problems)}/{checked} templates do not convert cleanly:\n" + "\n".join(problems)
 
 
-SHIPPED = sorted((PACK_ROOT / "workflows").glob("*.json"))
+SHIPPED = sorted((PACK_ROOT / "workflows").rglob("*.json"))
 
 
 @pytest.mark.parametrize("path", SHIPPED or [None], ids=[p.name for p in SHIPPED] or ["none"])

@@ -116,3 +116,17 @@ def test_wrong_model_type_names_the_node_and_server_goes_on(server, object_info,
     good = saved_images(server, server.run(api_of("dpir_restore", server, object_info, workflow_api,
                                                   SaveImage={"filename_prefix": "after_error"}), timeout=600))
     assert good[0].shape == (54, 72, 3)
+
+
+def test_subgraph_workflow_equals_the_large_workflow(server, object_info, workflow_api):
+    """workflows/subgraphs/dpir_restore_block.json (the chain of dpir_restore_large as one subgraph node, tile
+    size / steps / colour fix promoted) through the pack's converter: the same prompt as the flat workflow, up
+    to node ids, so the same image."""
+    settings = dict(DPIRTiledPrompt={"tile_size": 256, "tile_overlap": 64})
+    block = api_of("subgraphs/dpir_restore_block", server, object_info, workflow_api, **settings)
+    flat = api_of("dpir_restore_large", server, object_info, workflow_api, **settings)
+    assert any(":" in k for k in block)  # "<subgraph node>:<inner node>"
+    a = saved_images(server, server.run(block, timeout=900))
+    b = saved_images(server, server.run(flat, timeout=900))
+    assert len(a) == len(b) == 1 and a[0].shape == (54, 72, 3)
+    assert np.array_equal(a[0], b[0])

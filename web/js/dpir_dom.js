@@ -8,6 +8,8 @@
 // web/docs/<Node>.md (1.5x first tries docs/<Node>/<locale>.md, then this file). With the Vue node renderer
 // (1.3x+ "Nodes 2.0") canvas hooks such as onDrawForeground do not run: dpir_tiles.js polls on a timer there.
 
+import { crossBoundary, inputLink } from './dpir_subgraph.js'
+
 export const PACK = 'ComfyUI-DPIR'
 
 // A DOM widget that is never saved into the workflow nor sent with the prompt.
@@ -76,17 +78,23 @@ export function graphScale(app) {
   return app.canvas?.ds?.scale ?? 1
 }
 
-// The node feeding input `name` of `node`, through legacy Reroute nodes.
+// The node feeding input `name` of `node`, through legacy Reroute nodes and subgraph boundaries (dpir_subgraph.js).
+// Null when unknown, e.g. while a workflow loads and the node is not in a graph yet (1.5x configures the nodes of
+// a loaded workflow before adding them, and its getInputNode throws NullGraphError there).
 export function inputNode(node, name) {
-  let slot = node.findInputSlot?.(name)
-  let n = node
-  for (let hops = 0; hops < 16; hops++) {
-    if (slot == null || slot < 0) return null
-    const src = n.getInputNode?.(slot)
+  let graph = node?.graph
+  let link = inputLink(node, node?.findInputSlot?.(name))
+  for (let hops = 0; hops < 16 && link && graph; hops++) {
+    const next = crossBoundary(graph, link)
+    if (next) {
+      graph = next.graph
+      link = next.link
+      continue
+    }
+    const src = graph.getNodeById?.(link.origin_id)
     if (!src) return null
     if (src.type !== 'Reroute') return src
-    n = src
-    slot = 0
+    link = inputLink(src, 0)
   }
   return null
 }

@@ -8,6 +8,7 @@
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
 import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, inputNode, loadImage, viewURL, widget, wrapCallback } from './dpir_dom.js'
+import { widgetValue } from './dpir_subgraph.js'
 import { dpirTilePlan, encodeTargetSize, tileBatchMemory } from './dpir_tile_plan.js'
 
 const NODE = 'DPIRTiledPrompt'
@@ -77,7 +78,7 @@ class TileOverlay {
   // The picture a node feeds: a Load Image's file (loaded here, so it does not matter whether the node has been
   // drawn yet), else the node's own preview images.
   picture(src) {
-    const name = widget(src, 'image')?.value
+    const name = widgetValue(src, 'image')
     if (typeof name === 'string' && src.type?.startsWith('LoadImage')) {
       const m = name.match(/^(.*?)(?: \[(input|output|temp)\])?$/)
       const path = m[1], type = m[2] || 'input'
@@ -104,7 +105,7 @@ class TileOverlay {
       const photo = inputNode(src, 'image')
       const img = photo && this.picture(photo)
       if (!img) return null
-      const v = (n) => widget(src, n)?.value
+      const v = (n) => widgetValue(src, n)
       return { size: encodeTargetSize(img.naturalHeight, img.naturalWidth, v('resize'), v('long_side'), v('upscale_factor')), image: img }
     }
     const img = this.picture(src)
@@ -118,14 +119,14 @@ class TileOverlay {
       const link = this.node.graph?.links?.get ? this.node.graph.links.get(id) : this.node.graph?.links?.[id]
       const target = link && this.node.graph.getNodeById(link.target_id)
       if (target?.type === 'DPIRSamplerPatch')
-        return { tileBatch: widget(target, 'tile_batch')?.value ?? 4, cfg: widget(target, 'cfg')?.value ?? 1, linked: true }
+        return { tileBatch: widgetValue(target, 'tile_batch') ?? 4, cfg: widgetValue(target, 'cfg') ?? 1, linked: true }
     }
     return { tileBatch: 4, cfg: 1, linked: false }
   }
 
   // the source, plan and memory estimate for the current widgets
   state() {
-    const v = (n) => widget(this.node, n)?.value
+    const v = (n) => widgetValue(this.node, n)
     const up = this.upstream()
     const ex = this.executed
     let source = null
@@ -141,14 +142,14 @@ class TileOverlay {
   // called on every frame the node is drawn: cheap check whether anything that the overlay shows changed
   poll() {
     const s = this.state()
-    const sig = JSON.stringify([s.tileSize, s.tileOverlap, widget(this.node, 'seam_shift')?.value, s.source?.kind,
+    const sig = JSON.stringify([s.tileSize, s.tileOverlap, widgetValue(this.node, 'seam_shift'), s.source?.kind,
       s.source?.h, s.source?.w, s.sampler.tileBatch, s.sampler.cfg, !!s.source?.image])
     if (sig !== this.signature) this.update()
   }
 
   update(force = false) {
     const s = this.state()
-    this.signature = JSON.stringify([s.tileSize, s.tileOverlap, widget(this.node, 'seam_shift')?.value, s.source?.kind,
+    this.signature = JSON.stringify([s.tileSize, s.tileOverlap, widgetValue(this.node, 'seam_shift'), s.source?.kind,
       s.source?.h, s.source?.w, s.sampler.tileBatch, s.sampler.cfg, !!s.source?.image])
     this.current = s
     const d = this.element.dataset
