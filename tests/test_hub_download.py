@@ -337,3 +337,16 @@ def test_path_rules():
     for bad in ("", ".", "..", "a/..", "/a", "a\\b", "D:x", "a//b", "a/", ".git/config", "a/b\x7f", "a/b:c",
                 "aux.json", "a/" * 17 + "b", "x" * 1001, "a/b."):
         assert hd.path_problem(bad), bad
+
+
+def test_a_listing_that_contradicts_itself_or_names_no_commit_is_refused(hub, tmp_path):
+    # the entry's size and its LFS size differ: no size is trusted, so nothing is fetched
+    hub.add_repo("n/twosizes", {"dpir.safetensors": _weights(tmp_path)}, knobs={"dpir.safetensors": {"listing": {"size": 10}}})
+    with pytest.raises(hd.DownloadError, match="without a size"):
+        hd.plan_kind("dpir_transformer", [{"repo": "n/twosizes", "pick": "transformer"}], tmp_path / "dpir")
+    # a commit that is not a commit id (it ends up in URLs and cache paths)
+    repo = hub.add_repo("o/badsha", {"dpir.safetensors": _weights(tmp_path)})
+    repo.sha = "../../refs"
+    with pytest.raises(hd.DownloadError, match="gave no commit"):
+        hd.plan_kind("dpir_transformer", [{"repo": "o/badsha", "pick": "transformer"}], tmp_path / "dpir")
+    assert hub.downloads() == []
