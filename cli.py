@@ -573,7 +573,7 @@ def why_down(e: BaseException) -> str:
         return ("connection refused" if isinstance(e.os_error, ConnectionRefusedError)
                 else f"cannot connect: {e.os_error.strerror or e.os_error}")
     if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return "no answer (timed out)"
+        return "timed out"
     if isinstance(e, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
     return f"{type(e).__name__}: {str(e)[:300]}"
@@ -654,7 +654,7 @@ class Worker:
 
     @property
     def name(self) -> str:
-        return self.client.url.split("://", 1)[-1]
+        return self.client.url.split("://", 1)[-1].rsplit("@", 1)[-1]  # host:port, no user:password@
 
     def say(self, text: str) -> None:
         from tqdm import tqdm
@@ -848,7 +848,7 @@ async def batch(args, jobs, server: Headless | None, urls: list[str]) -> tuple[i
             raise SetupError(workers[0].why)
         left = f"{len(dealer.pending)} image(s) not restored" if jobs else "nothing fetched"
         raise SetupError(f"no ComfyUI server is left to restore the batch ({left}, {dealer.done} restored):\n"
-                         + "\n".join(f"- {w.client.url}: {w.why}".replace("\n", "\n    ") for w in workers))
+                         + "\n".join(f"- {w.name}: {w.why}".replace("\n", "\n    ") for w in workers))
     if several or down:
         print("servers:\n" + "\n".join(w.summary() for w in workers), file=sys.stderr)
     return dealer.done, dealer.failed
