@@ -19,6 +19,7 @@ import comfy.utils
 from ..models.errors import DPIRInputError, DPIRModelError
 from ..models.lq_condition import inject, token_grid
 from .checks import check_lq_latent, check_prompt, require_sd3
+from .dit_wrappers import call_dit_wrappers
 
 KEY = "dpir_lq"
 
@@ -233,6 +234,8 @@ class DPIRApplyLQCondition:
         m.set_model_patch_replace(patch, "dit", "double_block", 0)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, patch.attach_conds)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.route)
+        # SD3's MMDiT calls no DIFFUSION_MODEL wrappers: run them for it (EasyCache)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "dpir_dit_wrappers", call_dit_wrappers)
         return (m,)
 
 
