@@ -8,6 +8,7 @@
     python bench/bench.py realsize [--images 512 1024] [--large 2048] [--tile 1024] [--json out.json]
     python bench/bench.py loadmem  [--weight-dtype default] --cpu
     python bench/bench.py cards    [--cards 8 12 16 24] [--outputs 1024 2048 4096 8192]
+    python bench/bench.py caches   [--size small|tiny|sd3-medium] [--image 512] [--steps 28] [--reps 3] [--threshold 0.2]
 
 Random weights in the official file formats (bench/real_weights.py, written tensor by tensor; `--models DIR`
 writes them there once and reuses them), loaded through the pack's nodes inside the host ComfyUI (found as
@@ -36,6 +37,9 @@ realsize: the shipped dpir_restore (and dpir_restore_large) workflows through a 
 real-size weights by default: per node, seconds and the server's peak RSS (websocket events + RSS sampling).
 loadmem: DPIR Model Loader (folder, single file) vs ComfyUI's UNETLoader on the same weights, each in a
 fresh process: peak and resident memory, what Python still reaches.
+caches: core's step caches on the DPIR model (LazyCache, EasyCache at their defaults but the threshold, and
+EasyCache with the pack's DIFFUSION_MODEL hook removed, i.e. core alone) vs uncached sampling, all in one
+run: steps skipped, speed ratio (uncached seconds / cached), PSNR of the decoded image against uncached.
 cards: the 'Which card runs what' table from ComfyUI's own memory estimates (no model is run).
 """
 from __future__ import annotations
@@ -44,6 +48,9 @@ import argparse
 import gc
 import importlib.util
 import json
+import logging
+import math
+import re
 import statistics
 import sys
 import tempfile
@@ -258,6 +265,90 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
     if outputs is not None:
         outputs.update(latent=out, decoded=decoded, restored=restored)
     return stages, latent, positive, (guider, sampler, sigmas)
+
+
+STEP_CACHES = ("LazyCache", "EasyCache")
+CORE_ALONE = "EasyCache, core alone (pack hook removed)"
+
+
+class SkipCounter(logging.Handler):
+    """(skipped, steps) from core's '<cache> - skipped k/n steps' log line of the last sampling run."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.last = None
+
+    def emit(self, record):
+        m = re.search(r" - skipped (\d+)/(\d+) steps", record.getMessage())
+        if m:
+            self.last = (int(m[1]), int(m[2]))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [0, 1]."""
+    mse = float(((a.float().cpu() - b.float().cpu()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def step_caches(nodes, loaded, image, steps, reps, device, threshold) -> dict:
+    """Uncached DPIR sampling of ``image`` vs each core step cache on the DPIR MODEL (and EasyCache without the
+    pack's hook): per variant the median seconds of ``reps`` runs (after a warm-up, variants in rotating order),
+    the steps skipped, the speed ratio (uncached / cached seconds) and the PSNR of the decoded image against the
+    uncached one."""
+    import comfy.patcher_extension as pe
+    import comfy.sample
+    from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+
+    model, branch, vae, clip1, clip2 = loaded
+    latent, lq = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0, "auto")
+    visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
+    text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")["result"][0]
+    positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
+    patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
+    variants = {"none": patched}
+    for name, node in zip(STEP_CACHES, (LazyCacheNode, EasyCacheNode)):
+        variants[name] = node.execute(patched, threshold, 0.15, 0.95, False).result[0]
+    variants[CORE_ALONE] = variants["EasyCache"].clone()
+    variants[CORE_ALONE].remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, "dpir_dit_wrappers")
+    samplers = {k: nodes["DPIRSamplerPatch"]().patch(m, positive, steps, 1.0, 3.0)[1:] for k, m in variants.items()}
+    z = latent["samples"]
+    noise = comfy.sample.prepare_noise(z, 0)
+    counter, root = SkipCounter(), logging.getLogger()
+    level = root.level
+    root.addHandler(counter)
+    root.setLevel(logging.INFO)
+    names, times, skipped, outs = list(samplers), {k: [] for k in samplers}, {}, {}
+    try:
+        for rep in range(reps + 1):  # rep 0 warms up
+            for k in names[rep % len(names):] + names[:rep % len(names)]:
+                guider, sampler, sigmas = samplers[k]
+                counter.last = None
+                with Memory(device) as m:
+                    outs[k] = guider.sample(noise, z, sampler, sigmas, seed=0)
+                if rep:
+                    times[k].append(m.seconds)
+                skipped[k] = counter.last or (0, steps)  # the uncached run logs nothing
+    finally:
+        root.removeHandler(counter)
+        root.setLevel(level)
+    images = {k: vae.decode(v) for k, v in outs.items()}
+    t_none = statistics.median(times["none"])
+    return {k: {"skipped": skipped[k][0], "steps": skipped[k][1], "seconds": round(statistics.median(times[k]), 4),
+                "speed_ratio": round(t_none / statistics.median(times[k]), 3),
+                "psnr_db": round(psnr(images[k], images["none"]), 2)} for k in names}
+
+
+def caches(args):
+    """Step caches vs uncached sampling at --steps (28, the official count), one image, one run."""
+    device, _, nodes, models = setup(args)
+    loaded = load_pack_models(nodes, models, device)
+    rows = step_caches(nodes, loaded, test_image(args.image), args.steps, args.reps, device, args.threshold)
+    print(f"\n## Step caches on the DPIR model: {device.type}, '{args.size}' model (random weights), {args.image}², "
+          f"{args.steps} steps, reuse_threshold {args.threshold} (start 0.15, end 0.95), median of {args.reps}\n\n"
+          "| cache | steps skipped | seconds | speed ratio (uncached / cached) | PSNR vs uncached (dB) |\n"
+          "|---|---|---|---|---|")
+    for k, r in rows.items():
+        print(f"| {k} | {r['skipped']}/{r['steps']} | {r['seconds']:.3f} | {r['speed_ratio']:.2f}× | {r['psnr_db']} |")
 
 
 def stage_table(per_stage):
@@ -961,7 +1052,14 @@ def main():
     q.add_argument("--real", type=int, nargs="*", default=[2048, 4096], help="LQ image sizes in px at real width")
     q.add_argument("--dit-step", action="store_true", help="also one real-size tile-step (4 GB file, 9+ GB RAM)")
     q.add_argument("--cpu", action="store_true")
-    for p in (p, o, m, t, q):  # noqa: B020
+    k = sub.add_parser("caches")
+    k.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
+    k.add_argument("--image", type=int, default=512, help="square image size in px")
+    k.add_argument("--steps", type=int, default=28)
+    k.add_argument("--reps", type=int, default=3)
+    k.add_argument("--threshold", type=float, default=0.2, help="reuse_threshold of both caches (core default 0.2)")
+    k.add_argument("--cpu", action="store_true")
+    for p in (p, o, m, t, q, k):  # noqa: B020
         p.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
     r = sub.add_parser("realsize")
     r.add_argument("--size", default="sd3-medium", choices=["tiny", "small", "sd3-medium"])
@@ -994,7 +1092,7 @@ def main():
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
         {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "lq-tiles": lq_tiles,
-         "loadmem": loadmem}[args.cmd](args)
+         "loadmem": loadmem, "caches": caches}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ optional (in this order)
   memory       peak memory per stage at 1024², 2048², 4096² (tiled; models offloaded between stages)
   weight_dtype sampling at 1024² with each weight_dtype (default, bf16, fp8_e4m3fn, fp8_e4m3fn_fast): s/step,
                peak memory, difference from bf16
+  caches       core's step caches (LazyCache, EasyCache, EasyCache without the pack's hook) vs uncached
+               sampling at 28 steps on the main image: steps skipped, speed ratio, PSNR against uncached
   t5xxl        T5-XXL at its real size (random fp16 file) through the core Load CLIP (type sd3) and DPIR T5
                Text Prompt: load and encode time, memory
   compile      TorchCompileModel (inductor) on the DPIR model: compile time, eager/compiled per step
@@ -69,9 +71,9 @@ import real_weights as rw  # noqa: E402
 from host.comfy_harness import load_workflow_api  # noqa: E402
 
 ESSENTIAL = ("setup", "conformance", "workflows", "reference", "steps")
-OPTIONAL = ("pipeline", "memory", "weight_dtype", "t5xxl", "compile")
+OPTIONAL = ("pipeline", "memory", "weight_dtype", "caches", "t5xxl", "compile")
 # seconds each optional stage is expected to take on an H200 at real shapes (the budget's yardstick)
-ESTIMATE_S = {"pipeline": 30, "memory": 60, "weight_dtype": 45, "t5xxl": 90, "compile": 150}
+ESTIMATE_S = {"pipeline": 30, "memory": 60, "weight_dtype": 45, "t5xxl": 90, "compile": 150, "caches": 90}
 WEIGHT_DTYPES = ("default", "bf16", "fp8_e4m3fn", "fp8_e4m3fn_fast")
 SIZES = {  # px: main image, memory sizes, large workflow input (×4), tile
     "sd3-medium": {"image": 1024, "memory": [1024, 2048, 4096], "large_input": 1024, "tile": 1024},
@@ -558,6 +560,16 @@ def stage_compile(suite):
             "eager_over_compiled": round(statistics.median(a / b for a, b in pairs), 3)}
 
 
+CACHE_STEPS = 28  # the official step count: what an artist adds a cache to
+
+
+def stage_caches(suite):
+    device, s, reps = suite.ctx["device"], suite.ctx["sizes"]["image"], suite.args.reps
+    rows = bench.step_caches(suite.ctx["nodes"], loaded_models(suite), bench.test_image(s), CACHE_STEPS, reps, device,
+                             0.2)
+    return {"image_px": s, "steps": CACHE_STEPS, "reps": reps, "reuse_threshold": 0.2, "variants": rows}
+
+
 class SkipStage(Exception):
     pass
 
@@ -649,12 +661,21 @@ def markdown(results) -> str:
         if d:
             lines += ["", f"## {name}", "", "| measure | value |", "|---|---|"]
             lines += [f"| {k} | {v} |" for k, v in d.items()]
+    d = st.get("caches", {}).get("data")
+    if d:
+        lines += ["", f"## step caches at {d['image_px']}², {d['steps']} steps, threshold {d['reuse_threshold']}, "
+                      f"median of {d['reps']}", "",
+                  "| cache | steps skipped | seconds | speed ratio (uncached / cached) | PSNR vs uncached (dB) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['skipped']}/{v['steps']} | {v['seconds']} | {v['speed_ratio']}× | {v['psnr_db']} |"
+                  for k, v in d["variants"].items()]
     return "\n".join(lines) + "\n"
 
 
 STAGES = {"setup": stage_setup, "conformance": stage_conformance, "workflows": stage_workflows,
           "reference": stage_reference, "steps": stage_steps, "pipeline": stage_pipeline, "memory": stage_memory,
-          "weight_dtype": stage_weight_dtype, "t5xxl": stage_t5xxl, "compile": stage_compile}
+          "weight_dtype": stage_weight_dtype, "t5xxl": stage_t5xxl, "compile": stage_compile,
+          "caches": stage_caches}
 
 
 def main(argv=None) -> int:

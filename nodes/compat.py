@@ -75,6 +75,30 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
        note="patcher_extension.py itself is not stored; its use in the stored samplers.py is unchanged"),
     TP("comfy.patcher_extension:WrappersMP.APPLY_MODEL", "attr", "nodes/lq_injection.py", CHECKED,
        note="BaseModel.apply_model (stored model_base.py) still runs the APPLY_MODEL wrappers with class_obj = model"),
+    # core SD3 nodes on the DPIR MODEL (docs/interop.md)
+    TP("comfy.patcher_extension:WrappersMP.DIFFUSION_MODEL", "attr", "nodes/dit_wrappers.py", NOT_STORED,
+       note="EasyCache's hook; SD3's MMDiT (0.3.64) never runs these wrappers, the DPIR MODEL's APPLY_MODEL wrapper "
+            "does. No newer mmdit.py is stored: if a newer MMDiT runs them itself, call_dit_wrappers hands its "
+            "forward the options without them, so they still run once"),
+    TP("comfy.patcher_extension:get_all_wrappers", "call", "nodes/dit_wrappers.py", NOT_STORED,
+       ("wrapper_type", "transformer_options")),
+    TP("comfy.patcher_extension:WrapperExecutor.new_class_executor", "call", "nodes/dit_wrappers.py", NOT_STORED,
+       ("original", "class_obj", "wrappers")),
+    TP("comfy_extras.nodes_easycache", "source", "nodes/dit_wrappers.py (EasyCache refused in tiles), bench", NOT_STORED,
+       ('"easycache", easycache_forward_wrapper', "WrappersMP.DIFFUSION_MODEL", " - skipped {"),
+       note="the key EasyCache registers its DIFFUSION_MODEL wrapper under; bench and tests read its "
+            "'skipped k/n steps' log line"),
+    TP("comfy_extras.nodes_easycache:EasyCacheNode.execute", "call", "bench (caches)", NOT_STORED,
+       ("model", "reuse_threshold", "start_percent", "end_percent", "verbose")),
+    TP("comfy_extras.nodes_easycache:LazyCacheNode.execute", "call", "bench (caches)", NOT_STORED,
+       ("model", "reuse_threshold", "start_percent", "end_percent", "verbose")),
+    TP("comfy.model_patcher:ModelPatcher.remove_wrappers_with_key", "call", "bench (caches)", NOT_STORED,
+       ("wrapper_type", "key")),
+    TP("comfy.model_patcher", "source", "nodes/interop.py (a merge told from a LoRA)", CHECKED,
+       ("p[k] = [(weight, convert_func)]",
+        "current_patches.append((strength_patch, patches[k], strength_model, offset, function))"),
+       note="a model merge adds the other model's weights as a list (get_key_patches), a LoRA an adapter object; "
+            "the merge nodes clone model1 and take no model options of model2"),
     TP("comfy.diffusers_convert:convert_vae_state_dict", "call", "nodes/loaders.py", CHECKED, ("vae_state_dict",)),
     TP("comfy.sd:VAE", "call", "nodes/loaders.py, bench, tests", CHECKED, ("sd",)),
     TP("comfy.sd:VAE.throw_exception_if_invalid", "attr", "nodes/loaders.py", CHECKED),

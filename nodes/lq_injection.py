@@ -20,6 +20,7 @@ from ..models.errors import DPIRInputError, DPIRModelError
 from ..models.lq_condition import inject, token_grid
 from ..models.restore_guidance import next_sigma, pull_weight, restore_pull, scheduled_strength
 from .checks import check_lq_latent, check_prompt, require_sd3
+from .dit_wrappers import call_dit_wrappers
 
 KEY = "dpir_lq"
 
@@ -288,6 +289,8 @@ class DPIRApplyLQCondition:
             m.set_model_sampler_post_cfg_function(RestoreGuidance(z, restore_cfg, restore_cfg_s_tmin))
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, patch.attach_conds)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.route)
+        # SD3's MMDiT calls no DIFFUSION_MODEL wrappers: run them for it (EasyCache)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "dpir_dit_wrappers", call_dit_wrappers)
         return (m,)
 
 

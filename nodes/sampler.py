@@ -11,6 +11,7 @@ from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
 from ..models.errors import DPIRInputError
 from .checks import check_conditioning, require_sd3
+from .interop import require_lq_condition
 from .tiled_sampling import attach
 
 
@@ -63,6 +64,7 @@ class DPIRSamplerPatch:
               tiles=None, tile_batch=4):
         base = require_sd3(model, "DPIR Sampler Patch",
                            "the MODEL of 'DPIR Apply LQ Condition' (fed by 'DPIR Model Loader')")
+        require_lq_condition(model, "DPIR Sampler Patch")
         check_conditioning(base, positive, "positive")
         if negative is not None:
             check_conditioning(base, negative, "negative")

@@ -23,6 +23,7 @@ from ..models import dual_prompt as dp
 from ..models.errors import DPIRInputError
 from ..models.tiling import Tile, blend_weights, plan_tiles, shifted_plan
 from .images import to_bchw, to_bhwc
+from .dit_wrappers import refuse_easycache_in_tiles
 from .lq_injection import KEY, CONDTokenGrid, injection_of
 from .visual_prompt import ComfyVisionEncoder
 from .web_ui import tiles_ui
@@ -158,6 +159,7 @@ class TiledCondBatch:
         plan = self.tiles.plans[index]
         if len(plan) == 1:  # the whole latent is one tile: exactly the untiled evaluation
             return comfy.samplers.calc_cond_batch(model, conds, x, sigma, model_options)
+        refuse_easycache_in_tiles(model_options)
         weights = self.tiles.weights(index, x.device, x.dtype)
         lq = injection_of(model_options) if self.lq_features == "tile" else None
         outs = [torch.zeros_like(x) for _ in conds]  # a skipped (None) uncond stays zero, as in ComfyUI

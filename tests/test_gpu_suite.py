@@ -66,6 +66,9 @@ def test_tiny_cpu_suite_runs_every_stage(prepared, tmp_path):
     dtypes = stages["weight_dtype"]["data"]
     assert dtypes["fp8_e4m3fn"]["stored_dtype"] == "torch.float8_e4m3fn" and "rel_l2_vs_bf16" in dtypes["default"]
     assert stages["compile"]["data"]["eager_over_compiled"] > 0
+    caches = stages["caches"]["data"]["variants"]
+    assert set(caches) == {"none", "LazyCache", "EasyCache", "EasyCache, core alone (pack hook removed)"}
+    assert caches["none"]["skipped"] == 0 and all(v["steps"] == 28 and v["speed_ratio"] > 0 for v in caches.values())
     md = (tmp_path / "gpu_suite.md").read_text()
     assert "| workflows | ok |" in md and "## sampling at 128²" in md
 

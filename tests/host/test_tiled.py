@@ -238,10 +238,11 @@ def test_tile_features_wait_in_pinned_ram_when_sampling_on_cuda(setup):
 def test_blending_has_no_seams(setup):
     """An identity-like model whose output disagrees from tile to tile (it adds the tile's own mean):
     hard stitching would jump at every border; the Gaussian blend must change smoothly."""
-    nodes, model, _, clip1, clip2 = setup
+    nodes, model, branch, clip1, clip2 = setup
     image = smooth_image(256, 512)
     tiles, _ = plan(nodes, clip1, clip2, image, 256, 96, mode=1)
-    m = model.clone()
+    # the sampler patch wants a DPIR MODEL; the wrapper below replaces the whole model call
+    m = nodes["DPIRApplyLQCondition"]().apply(model, branch, {"samples": torch.zeros(1, 16, 32, 64)}, 1.0, 0.0, 1.0)[0]
     m.set_model_unet_function_wrapper(lambda apply, a: a["input"] + a["input"].mean(dim=(1, 2, 3), keepdim=True))
     _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(m, text_prompt(), 1, 1.0, 3.0, tiles=tiles)
     x = torch.nn.functional.interpolate(torch.randn(1, 16, 3, 5, generator=torch.Generator().manual_seed(7)),
