@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 import tiny_models as tm
 from host.comfy_harness import PACK_NAME, PACK_ROOT
+from host.frontends import VUE_NODES_SETTING
 
 SPEC = tm.TinySpec()
 WORKFLOWS = PACK_ROOT / "workflows"
@@ -103,8 +104,9 @@ def chromium_path():
     return path
 
 
-@pytest.fixture(scope="module")
-def server(start_server, tmp_path_factory):
+@pytest.fixture(scope="session")
+def browser_files(tmp_path_factory):
+    """Tiny model files and input pictures, written once for all frontend configurations."""
     root = tmp_path_factory.mktemp("dpir_browser_models")
     tm.write_transformer_folder(root / "dpir" / "transformer", SPEC)
     tm.write_vae_folder(root / "dpir" / "robust_vae", SPEC, robust=True, full=True)
@@ -119,7 +121,14 @@ def server(start_server, tmp_path_factory):
         synthetic_photo(*size, seed=seed).save(root / name)
         inputs[name] = root / name
     paths = {"dpir_browser": {"base_path": str(root), "dpir": "dpir", "vae": "vae", "clip_vision": "clip_vision"}}
-    return start_server(inputs=inputs, extra_model_paths=paths)
+    return inputs, paths
+
+
+@pytest.fixture(scope="module")
+def server(start_server, browser_files, frontend):
+    """A server with the tiny models, serving this configuration's frontend (shared by its two Nodes 2.0 modes)."""
+    inputs, paths = browser_files
+    return start_server(inputs=inputs, extra_model_paths=paths, extra_args=frontend.server_args)
 
 
 @pytest.fixture(scope="module")
@@ -140,18 +149,25 @@ def browser(chromium_path):
 class Page:
     """A frontend page of one server, with helpers for the graph (all through the frontend's own objects)."""
 
-    def __init__(self, browser, srv):
+    def __init__(self, browser, srv, frontend):
         self.srv = srv
+        self.frontend = frontend
         # a fresh user: no template dialog on start, no minimap over the canvas; no missing-models dialog over the
-        # canvas either (the workflows' model links list T5-XXL, which these servers replace by an embedding file)
+        # canvas either (the workflows' model links list T5-XXL, which these servers replace by an embedding file);
+        # Nodes 2.0 on or off as the configuration says
         srv.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                               "Comfy.Workflow.ShowMissingModelsWarning": False})
+                               "Comfy.Workflow.ShowMissingModelsWarning": False, **frontend.settings})
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
         self.errors = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.goto(srv.url)
         self.page.wait_for_function("window.app && window.app.graph && window.app.vueAppReady && window.comfyAPI",
                                     timeout=90_000)
+        # the configuration is the one asked for: the frontend's own version and its Nodes 2.0 setting
+        seen = self.page.evaluate("""(key) => [window.__COMFYUI_FRONTEND_VERSION__,
+                                              app.extensionManager?.setting?.get?.(key) ?? app.ui.settings.getSettingValue(key)]""",
+                                  VUE_NODES_SETTING)
+        assert seen == [frontend.version, frontend.vue_nodes], (frontend.label, seen)
         self.page.evaluate("""() => {
             const api = window.comfyAPI.api.api
             window.__dpirQueued = []
@@ -264,8 +280,8 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def page(browser, server):
-    p = Page(browser, server)
+def page(browser, server, frontend):
+    p = Page(browser, server, frontend)
     yield p
     p.close()
 
@@ -495,11 +511,11 @@ def test_node_help_panel_shows_the_docs(page):
     page.shot("node_help_colour_fix")
 
 
-def test_loaders_without_files_show_where_to_get_them(browser, start_server):
+def test_loaders_without_files_show_where_to_get_them(browser, start_server, frontend):
     """A server without model files: the loaders say which file, its source and folder — the error's text."""
-    srv = start_server(fresh=True)
+    srv = start_server(extra_args=frontend.server_args, fresh=True)
     route = srv.get("/dpir/model_files")
-    p = Page(browser, srv)
+    p = Page(browser, srv, frontend)
     try:
         ids = p.load("dpir_restore")
         expect = {"DPIRModelLoader": ["dpir_transformer"], "DPIRRobustVAELoader": ["robust_vae"],
@@ -558,7 +574,7 @@ def test_loaders_without_files_show_where_to_get_them(browser, start_server):
         srv.stop()
 
 
-def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tmp_path):
+def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tmp_path, frontend):
     """The loader's guidance has a Download button: one click, the server fetches the file from the (local) Hub,
     the lists refresh and the guidance goes away."""
     from fake_hub import FakeHub
@@ -569,8 +585,8 @@ def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tm
         publish(hub, tmp_path / "hub")
         env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
         env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"))
-        srv = start(comfyui_path, tmp_path / "base", env=env)
-        p = Page(browser, srv)
+        srv = start(comfyui_path, tmp_path / "base", env=env, extra_args=frontend.server_args)
+        p = Page(browser, srv, frontend)
         try:
             loader = p.load("dpir_restore")["DPIRModelLoader"][0]
             p.page.wait_for_function("""(id) => app.graph.getNodeById(id).widgets.some(w => w.element?.querySelector?.('.dpir-guidance-download'))""",
@@ -591,10 +607,10 @@ def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tm
             srv.stop()
 
 
-def test_missing_models_dialog_lists_the_workflow_links(browser, server):
+def test_missing_models_dialog_lists_the_workflow_links(browser, server, frontend):
     """ComfyUI's own missing-models dialog reads the shipped workflow's model links: T5-XXL is not on this
     server, so loading the workflow as it is lists it with its download link."""
-    p = Page(browser, server)
+    p = Page(browser, server, frontend)
     try:
         p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', true) }")
         wf = json.loads((WORKFLOWS / "dpir_restore.json").read_text())
