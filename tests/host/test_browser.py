@@ -158,8 +158,11 @@ class Page:
         srv.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
                                "Comfy.Workflow.ShowMissingModelsWarning": False, **frontend.settings})
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
-        self.errors = []
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.errors = []  # uncaught exceptions
+        self.console_errors = []  # console.error calls: text and the script that made them
+        self.page.on("pageerror", lambda e: self.errors.append(f"{e}\n{getattr(e, 'stack', '') or ''}"))
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(
+            f"{m.text} @ {(m.location or {}).get('url', '')}"))
         self.page.goto(srv.url)
         self.page.wait_for_function("window.app && window.app.graph && window.app.vueAppReady && window.comfyAPI",
                                     timeout=90_000)
@@ -373,6 +376,33 @@ def test_restore_workflow_compare_view(page, server):
     saved = [i for i in server.output_images(entry) if i["type"] == "output"]
     assert len(saved) == 1
     assert not page.errors or all("reading 'id'" in e for e in page.errors), page.errors
+
+
+def pack_errors(p: Page, since: tuple[int, int] = (0, 0)) -> list[str]:
+    """Uncaught page errors, and console errors that come from the pack (its scripts, its '[ComfyUI-DPIR]' reports)
+    or name the load failure that 1.5x logs for an exception in a node hook, since the given counts."""
+    console = [e for e in p.console_errors[since[1]:]
+               if EXT in e or f"[{PACK_NAME}]" in e or "NullGraphError" in e]
+    return p.errors[since[0]:] + console
+
+
+@pytest.mark.parametrize("name", sorted(f.stem for f in WORKFLOWS.glob("*.json")))
+def test_every_shipped_workflow_loads_whole(page, name):
+    """Loading a shipped workflow as a user does throws nothing (no page error, no error from the pack) and puts
+    every node of the file (and of each subgraph it defines) in the graph."""
+    wf = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    since = (len(page.errors), len(page.console_errors))
+    counts = page.page.evaluate("""async ([wf, name]) => {
+        await app.loadGraphData(wf, true, true, name)
+        await new Promise((r) => setTimeout(r, 1500))  // deferred hooks (guidance refresh, overlay poll) run too
+        const subgraphs = {}
+        for (const [id, sg] of app.graph.subgraphs ?? []) subgraphs[id] = sg.nodes.length
+        return {nodes: app.graph.nodes.length, subgraphs}
+    }""", [wf, name])
+    assert not pack_errors(page, since), pack_errors(page, since)
+    assert counts["nodes"] == len(wf["nodes"]), counts
+    for sg in wf.get("definitions", {}).get("subgraphs", []):
+        assert counts["subgraphs"].get(sg["id"]) == len(sg["nodes"]), (sg["id"], counts)
 
 
 def test_prompt_ablation_workflow_compare_views(page):
@@ -607,21 +637,63 @@ def test_download_button_fetches_the_file_in_one_click(browser, comfyui_path, tm
             srv.stop()
 
 
-def test_missing_models_dialog_lists_the_workflow_links(browser, server, frontend):
-    """ComfyUI's own missing-models dialog reads the shipped workflow's model links: T5-XXL is not on this
-    server, so loading the workflow as it is lists it with its download link."""
-    p = Page(browser, server, frontend)
-    try:
-        p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', true) }")
-        wf = json.loads((WORKFLOWS / "dpir_restore.json").read_text())
-        p.page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'links') }", wf)
-        dialog = p.page.get_by_text("t5xxl_fp16.safetensors", exact=False).first
-        dialog.wait_for(timeout=15_000)
-        p.shot("missing_models_dialog")
-        # the files this server has are not listed; the one it lacks is (its name appears only in the dialog's
-        # DOM: the canvas draws widget values, it does not put them in the page's text)
-        text = p.page.inner_text("body")
-        assert "t5xxl_fp16.safetensors" in text and "clip_vision_g.safetensors" not in text
-    finally:
-        p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', false) }")
-        p.close()
+def _workflow_links(name: str) -> dict:
+    """{file name: {url, directory}} of a shipped workflow's model links (its loaders' properties.models)."""
+    wf = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    return {m["name"]: m for n in wf["nodes"] for m in n.get("properties", {}).get("models", [])}
+
+
+def _missing_model_rows(p: Page) -> dict:
+    """{file name: {text, url}} of the frontend's missing-models report: the "Missing Models" dialog of 1.2x (a
+    list row "<directory> / <name>" with Download and Copy URL), or, in 1.5x, the "N issues found" overlay whose
+    "View details" opens the Issues panel (a row per file: name, Copy URL, directory, Download). The URL is what
+    the row's Copy URL button puts on the clipboard. Only the report's own element is read: with Nodes 2.0 the
+    nodes' widget values are page text too."""
+    old, new = p.page.locator(".comfy-missing-models"), p.page.get_by_role("button", name="View details")
+    old.or_(new).first.wait_for(timeout=30_000)
+    if new.count():
+        new.first.click()
+        p.page.locator('[data-testid="error-group-missing-model"]').wait_for(timeout=15_000)
+        rows_js = """() => [...document.querySelectorAll('[data-testid="error-group-missing-model"] [data-testid="missing-model-download"]')]
+            .map(b => b.parentElement)"""
+    else:
+        rows_js = """() => [...document.querySelectorAll('.comfy-missing-models li')]"""
+    p.page.wait_for_timeout(500)  # the rows render after the section
+    n = p.page.evaluate(f"({rows_js})().length")
+    rows = {}
+    for i in range(n):
+        p.page.evaluate("() => navigator.clipboard.writeText('')")
+        text = p.page.evaluate(f"""(i) => {{ const row = ({rows_js})()[i]
+            const copy = [...row.querySelectorAll('button')].find(b => /copy url/i.test(b.getAttribute('aria-label') || b.textContent))
+            copy?.click(); return row.innerText }}""", i)
+        p.page.wait_for_timeout(200)
+        url = p.page.evaluate("() => navigator.clipboard.readText()")
+        name = next((k for k in text.replace(" / ", "\n").split("\n") if k.strip().endswith(".safetensors")), text).strip()
+        rows[name] = {"text": text, "url": url}
+    return rows
+
+
+def test_missing_models_dialog_lists_the_workflow_links(browser, start_server, frontend):
+    """ComfyUI's own missing-models report reads the shipped workflows' model links (properties.models on the
+    loaders): on a server without model files, loading a workflow lists every linked file with its folder and
+    download URL."""
+    srv = start_server(extra_args=frontend.server_args)  # no model files
+    for name in ("dpir_restore", "dpir_restore_large"):
+        links = _workflow_links(name)
+        assert {"t5xxl_fp16.safetensors", "sd3_vae.safetensors", "clip_vision_g.safetensors"} <= set(links)
+        p = Page(browser, srv, frontend)
+        try:
+            p.page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=srv.url)
+            p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', true) }")
+            wf = json.loads((WORKFLOWS / f"{name}.json").read_text())
+            p.page.evaluate("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name) }", [wf, name])
+            rows = _missing_model_rows(p)
+            if name == "dpir_restore":
+                p.shot(f"missing_models_{frontend.name}")
+            for file, link in links.items():
+                assert file in rows, (file, list(rows))
+                assert link["directory"] in rows[file]["text"], rows[file]
+                assert rows[file]["url"] == link["url"], (file, rows[file])
+        finally:
+            p.page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', false) }")
+            p.close()
