@@ -290,7 +290,10 @@ class Server:
         (``prompt``, ``outputs``, ``status``, ``meta``). Does not judge success."""
         deadline = time.monotonic() + timeout
         while True:
-            entry = self.history(prompt_id)
+            try:
+                entry = self.history(prompt_id)
+            except (TimeoutError, urllib.error.URLError):  # a busy server (shared CPU) may answer a poll late
+                entry = None
             if entry:  # an entry appears in /history once the prompt is finished
                 return entry
             self.check_alive()
