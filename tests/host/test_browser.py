@@ -228,7 +228,7 @@ class Page:
         """The graph at the given zoom with a node at the right of the window, its upstream nodes to its left."""
         self.page.evaluate("""([id, s]) => {
             const n = app.graph.getNodeById(id); const ds = app.canvas.ds; const r = app.canvas.canvas.getBoundingClientRect()
-            ds.scale = s; ds.offset = [(r.width - 40) / s - n.pos[0] - n.size[0], 90 / s - n.pos[1]]
+            ds.scale = s; ds.offset = [(r.width - 60) / s - n.pos[0] - n.size[0], 140 / s - n.pos[1]]
             app.canvas.deselectAll?.(); app.graph.setDirtyCanvas(true, true)
         }""", [node_id, scale])
         self.page.wait_for_timeout(600)
@@ -254,20 +254,25 @@ class Page:
         warnings.warn(why, pytest.PytestWarning, stacklevel=2)
         return False
 
-    def node_box(self, node_id: int, pad: int = 8) -> dict:
-        return self.page.evaluate("""([id, pad]) => {
+    def node_box(self, node_id: int, pad: int = 8, dom: bool = False) -> dict:
+        """A node's box on the page from its graph position and size; with ``dom``, the box of its Vue element
+        where Nodes 2.0 renders one (it grows with its content)."""
+        return self.page.evaluate("""([id, pad, dom]) => {
             const n = app.graph.getNodeById(id); const ds = app.canvas.ds
+            const v = dom && document.querySelector(`[data-node-id="${id}"]`)
+            if (v) { const b = v.getBoundingClientRect()
+                     return {x: Math.max(0, b.left - pad), y: Math.max(0, b.top - pad), width: b.width + 2 * pad, height: b.height + 2 * pad} }
             const r = app.canvas.canvas.getBoundingClientRect(); const title = LiteGraph.NODE_TITLE_HEIGHT
             const [x, y] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - title])
             return {x: Math.max(0, r.left + x - pad), y: Math.max(0, r.top + y - pad),
                     width: n.size[0] * ds.scale + 2 * pad, height: (n.size[1] + title) * ds.scale + 2 * pad}
-        }""", [node_id, pad])
+        }""", [node_id, pad, dom])
 
     def shot(self, name: str, node_id: int | None = None, box: dict | None = None) -> Path:
         """A screenshot in test-artifacts/browser/<configuration>/ (the node's box, a given box, or the page)."""
         path = ARTIFACTS / self.frontend.name / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        clip = box or (self.node_box(node_id) if node_id is not None else None)
+        clip = box or (self.node_box(node_id, dom=True) if node_id is not None else None)
         self.page.screenshot(path=str(path), clip=clip)
         return path
 
@@ -406,8 +411,9 @@ def test_restore_workflow_compare_view(page, server):
     page.page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
     assert float(page.dataset(".dpir-compare", fix)["zoom"]) == 1
     # the graph around the view (the Nodes 2.0 look for the README, from the newest frontend)
-    page.view_around(fix, scale=0.75)
-    page.page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.view_around(fix, scale=1.0)
+    moved = page.page.locator(".dpir-compare canvas").first.bounding_box()
+    page.page.mouse.move(moved["x"] + moved["width"] * 0.45, moved["y"] + moved["height"] * 0.5)
     _copy_for_readme(page, page.shot("restore_graph"), "nodes2-restore.png", config="newest-nodes2")
     # the node's own output is unchanged: Save Image got the restored image
     saved = [i for i in server.output_images(entry) if i["type"] == "output"]
@@ -537,7 +543,7 @@ def test_large_workflow_tile_overlay(page, server):
     info = page.page.locator(".dpir-tiles-info").first.inner_text()
     assert "9 tiles (3 × 3)" in info and "3 model calls per step" in info
     _copy_for_readme(page, page.shot("tiles_estimate_256", node), "tile_overlay.png")
-    page.view_around(node, scale=0.8)
+    page.view_around(node, scale=0.7)
     _copy_for_readme(page, page.shot("large_graph"), "nodes2-large.png", config="newest-nodes2")
     page.focus(node, 1.0)
     # live: the plan follows tile_size / tile_overlap at once
