@@ -324,8 +324,8 @@ class Server:
         while True:
             try:
                 entry = self.history(prompt_id)
-            except (TimeoutError, urllib.error.URLError):  # a server busy sampling may answer a poll late
-                entry = {}
+            except (TimeoutError, urllib.error.URLError):  # a busy server (shared CPU) may answer a poll late
+                entry = None
             if entry:  # an entry appears in /history once the prompt is finished
                 return entry
             self.check_alive()

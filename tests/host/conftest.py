@@ -14,6 +14,10 @@ Fixtures (session scope):
 * ``dpir_server`` -- one server on that model set, shared by the modules that use it (their inputs are
   added with ``Server.add_input``).
 
+* ``frontend`` -- parametrised over the four frontend configurations of ``frontends.py`` (pinned / newest
+  frontend × Nodes 2.0 off / on; ids ``pinned-classic`` ...); a configuration whose frontend is not found is
+  skipped, loudly (warning + banner), by name.
+
 Every test using one of the host fixtures gets the ``host`` marker and is
 skipped, with a banner in the terminal summary, when no ComfyUI is found
 (``$COMFYUI_PATH``, a folder above the pack, or ``~/comfy/ComfyUI``). When a
@@ -24,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,12 +36,14 @@ import pytest
 from .comfy_harness import PACK_NAME, PACK_ROOT, Server, device_args, find_comfyui, host_device, load_compat
 from .comfy_harness import load_workflow_api
 from .comfy_harness import start_server as _start_server
+from .frontends import CONFIGURATIONS, NEWEST_ENV
 
 HOST = find_comfyui()
 HOST_FIXTURES = frozenset({"comfyui_path", "start_server", "comfy_server", "object_info"})
 _skipped_for_host: list[str] = []
 _servers: list[Server] = []  # running ones
 _started: list[str] = []  # urls of all started this session
+_skipped_frontends: dict[str, str] = {}  # configuration -> why
 
 
 def pytest_configure(config):
@@ -73,7 +80,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         ):
             tr.write_line("!!! " + line, red=True, bold=True)
         tr.write_sep("!", red=True, bold=True)
-    elif HOST.path is not None and _started:
+    if _skipped_frontends:
+        tr = terminalreporter
+        tr.write_line("")
+        tr.write_sep("!", "FRONTEND CONFIGURATIONS SKIPPED", red=True, bold=True)
+        for name, why in _skipped_frontends.items():
+            tr.write_line(f"!!! {name}: {why}", red=True, bold=True)
+        tr.write_line(f"!!! set {NEWEST_ENV} to an unpacked comfyui-frontend-package wheel (.ci/run does it)",
+                      red=True, bold=True)
+        tr.write_sep("!", red=True, bold=True)
+    if HOST.path is not None and _started:
         terminalreporter.write_line(f"host tests: {len(_started)} ComfyUI server(s) from {HOST.path} ({HOST.reason})")
 
 
@@ -124,6 +140,19 @@ def start_server(comfyui_path, tmp_path_factory):
     yield start
     while _servers:
         _servers.pop().stop()
+
+
+@pytest.fixture(scope="session", params=CONFIGURATIONS, ids=[c.name for c in CONFIGURATIONS])
+def frontend(request):
+    """One frontend configuration (frontends.FrontendConfig); session scope, so pytest runs the tests of one
+    configuration together and its servers and pages are shared."""
+    cfg = request.param
+    if not cfg.available:
+        why = f"frontend configuration {cfg.name} SKIPPED: {cfg.reason}"
+        _skipped_frontends[cfg.name] = cfg.reason
+        warnings.warn(why, pytest.PytestWarning, stacklevel=2)
+        pytest.skip(why)
+    return cfg
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 
 import tiny_vlms as tv
-from host.test_browser import Page, browser, chromium_path, page, server  # noqa: F401  (shared fixtures)
+from host.test_browser import Page, browser, browser_files, chromium_path, page, server  # noqa: F401  (shared fixtures)
 
 QWEN_DIR = "tiny-qwen2.5-vl"
 QWEN = f"{QWEN_DIR}/config.json"  # the caption node lists each model folder by its config.json

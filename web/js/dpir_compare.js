@@ -4,7 +4,7 @@
 // (nodes/web_ui.py: compare_ui).
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, loadImage, viewURL } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, guarded, loadImage, register, viewURL } from './dpir_dom.js'
 
 const NODE = 'DPIRColourFix'
 const MAX_ZOOM = 64
@@ -22,8 +22,11 @@ class CompareView {
     this.drag = null
     this.loadToken = 0
 
-    this.canvas = el('canvas', { className: 'dpir-compare-canvas', style: {
-      width: '100%', flex: '1 1 auto', minHeight: '0', display: 'block', cursor: 'col-resize',
+    // Nodes 2.0 (1.5x) forwards every wheel over a node to the graph canvas (zoom) unless the event comes from a
+    // focused element marked data-capture-wheel: the canvas is focusable and takes the focus when the pointer
+    // enters it (unless the user is typing elsewhere), so the wheel zooms the picture, as on the classic canvas
+    this.canvas = el('canvas', { className: 'dpir-compare-canvas', tabIndex: -1, dataset: { captureWheel: 'true' }, style: {
+      width: '100%', flex: '1 1 auto', minHeight: '0', display: 'block', cursor: 'col-resize', outline: 'none',
       background: 'repeating-conic-gradient(#2a2a2a 0% 25%, #333 0% 50%) 50% / 16px 16px', borderRadius: '4px' } })
     this.label = el('span', { className: 'dpir-compare-label', style: { flex: '1 1 auto', textAlign: 'center' } })
     const btn = (text, title, fn) => el('button', { textContent: text, title, onclick: (e) => { e.stopPropagation(); fn() },
@@ -41,16 +44,25 @@ class CompareView {
     [this.canvas, this.bar])
     this.widget = addPanel(node, 'dpir_compare', this.element, 180)
 
+    this.canvas.addEventListener('pointerenter', () => this.takeFocus())
     this.canvas.addEventListener('pointermove', (e) => this.onMove(e))
-    this.canvas.addEventListener('pointerdown', (e) => this.onDown(e))
+    this.canvas.addEventListener('pointerdown', (e) => { this.canvas.focus({ preventScroll: true }); this.onDown(e) })
     this.canvas.addEventListener('pointerup', (e) => this.onUp(e))
     this.canvas.addEventListener('pointercancel', (e) => this.onUp(e))
     this.canvas.addEventListener('wheel', (e) => this.onWheel(e), { passive: false })
     this.canvas.addEventListener('dblclick', () => this.resetView())
-    new ResizeObserver(() => this.draw()).observe(this.canvas)
+    if (typeof ResizeObserver === 'function') new ResizeObserver(() => guarded('compare view redraw', () => this.draw())).observe(this.canvas)
     this.updateBar()
   }
 
+  takeFocus() {
+    const active = document.activeElement
+    const typing = active instanceof HTMLElement && active !== this.canvas &&
+      (active.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(active.tagName))
+    if (!typing) this.canvas.focus({ preventScroll: true })
+  }
+
+  /** @param {any[]} items */
   setItems(items) {
     this.items = Array.isArray(items) ? items : []
     this.element.dataset.count = String(this.items.length)
@@ -123,6 +135,10 @@ class CompareView {
     this.draw()
   }
 
+  /**
+   * @param {MouseEvent} e
+   * @returns {[number, number]}
+   */
   fraction(e) {
     const r = this.canvas.getBoundingClientRect() // includes the graph's CSS scale
     return [(e.clientX - r.left) / Math.max(1, r.width), (e.clientY - r.top) / Math.max(1, r.height)]
@@ -224,7 +240,7 @@ class CompareView {
   }
 }
 
-app.registerExtension({
+register(app, {
   name: 'DPIR.CompareView',
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE) return

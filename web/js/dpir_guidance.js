@@ -4,13 +4,15 @@
 // MODEL_FILES in nodes/model_files.py: the same text as the loaders' "file missing" errors and the README table.
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, extendMethod, widget, wrapCallback } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, register, report, widget, wrapCallback } from './dpir_dom.js'
 
+const events = /** @type {EventTarget} */ (api) // the pack's own 'dpir.download' event is not in the typed ApiEvents
 let payload = null
 let loading = null
 
 async function modelFiles(refresh = false) {
   if (payload && !refresh) return payload
+  if (typeof api?.fetchApi !== 'function') return null
   if (!loading || refresh) {
     loading = api.fetchApi('/dpir/model_files', { cache: 'no-store' })
       .then((r) => (r.ok ? r.json() : null))
@@ -72,7 +74,7 @@ function downloadRow(kind) {
     event.stopPropagation()
     button.disabled = true
     status.textContent = 'asking the Hub…'
-    api.addEventListener('dpir.download', onProgress)
+    events.addEventListener?.('dpir.download', onProgress)
     try {
       const r = await api.fetchApi('/dpir/download', { method: 'POST', headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify({ kinds: [kind] }) })
@@ -80,7 +82,7 @@ function downloadRow(kind) {
       const result = body.results?.[kind]
       if (result?.ok) {
         status.textContent = `done: ${result.names.join(', ')}`
-        await app.refreshComboInNodes()
+        await app.refreshComboInNodes?.()
       } else {
         status.textContent = result?.error || body.error || `HTTP ${r.status}`
         status.style.color = '#ff9c9c'
@@ -90,7 +92,7 @@ function downloadRow(kind) {
       status.textContent = String(e)
       button.disabled = false
     } finally {
-      api.removeEventListener('dpir.download', onProgress)
+      events.removeEventListener?.('dpir.download', onProgress)
     }
   }
   // floats beside the 'into:' line, so the panel needs no extra line (the shipped layouts leave no room for one)
@@ -121,22 +123,23 @@ async function refresh(node) {
     const current = node.dpirGuidance?.[name]
     if ((current && current.key === key) || (!current && !why)) continue
     if (current) {
-      node.removeWidget(current.widget)
+      if (current.widget && typeof node.removeWidget === 'function') node.removeWidget(current.widget)
       delete node.dpirGuidance[name]
     }
     if (why) {
       const element = panelFor(node, name, kinds, why)
       const panel = addPanel(node, `dpir_guidance_${name}`, element, panelHeight(node, name, kinds))
+      if (!panel) continue
       node.dpirGuidance = { ...(node.dpirGuidance || {}), [name]: { widget: panel, key } }
       ensureSize(node, 340, 0)
     } else {
-      node.setSize([node.size[0], node.computeSize()[1]]) // the panel is gone: give its room back
+      if (node.computeSize && node.setSize) node.setSize([node.size[0], node.computeSize()[1]]) // the panel is gone: give its room back
     }
     node.setDirtyCanvas?.(true, true)
   }
 }
 
-app.registerExtension({
+register(app, {
   name: 'DPIR.ModelFileGuidance',
   async setup() {
     await modelFiles()
@@ -145,11 +148,12 @@ app.registerExtension({
     const p = await modelFiles()
     if (!p?.loaders?.[nodeData.name]) return
     // after a loaded workflow has set the widget values
-    extendMethod(nodeType, 'onNodeCreated', (node) => setTimeout(() => refresh(node), 0))
-    extendMethod(nodeType, 'onConfigure', (node) => setTimeout(() => refresh(node), 0))
+    const later = (node) => setTimeout(() => refresh(node).catch((e) => report('model guidance', e)), 0)
+    extendMethod(nodeType, 'onNodeCreated', later)
+    extendMethod(nodeType, 'onConfigure', later)
   },
   async refreshComboInNodes() {
     await modelFiles(true) // folders may have changed: new guidance text and lists
-    for (const node of app.graph?.nodes ?? []) if (payload?.loaders?.[node.type]) refresh(node)
+    for (const node of app.graph?.nodes ?? []) if (payload?.loaders?.[node.type]) refresh(node).catch((e) => report('model guidance', e))
   }
 })

@@ -2,7 +2,7 @@
 // warning when one was cut to fit T5's 256 tokens), the texts of DPIR Restoration Prompt, and the prompt DPIR T5
 // Text Prompt encoded (prefix + caption + suffix). Read-only; never saved with the workflow.
 import { app } from '../../../scripts/app.js'
-import { addPanel, el, ensureSize, extendMethod } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, register } from './dpir_dom.js'
 
 const NODES = ['DPIRCaption', 'DPIRRestorationPrompt', 'DPIRT5TextPrompt']
 
@@ -26,7 +26,7 @@ function show(node, message) {
   ensureSize(node, 320, 0)
 }
 
-app.registerExtension({
+register(app, {
   name: 'DPIR.TextView',
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!NODES.includes(nodeData.name)) return

@@ -7,7 +7,7 @@
 // 'DPIR Robust VAE Encode' (e.g. Load Image) at the size that node will resize it to.
 import { app } from '../../../scripts/app.js'
 import { api } from '../../../scripts/api.js'
-import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, inputNode, loadImage, viewURL, widget, wrapCallback } from './dpir_dom.js'
+import { addPanel, el, ensureSize, extendMethod, fitCanvas, graphScale, guarded, inputNode, loadImage, register, viewURL, widget, wrapCallback } from './dpir_dom.js'
 import { widgetValue } from './dpir_subgraph.js'
 import { dpirTilePlan, encodeTargetSize, tileBatchMemory } from './dpir_tile_plan.js'
 
@@ -44,13 +44,13 @@ class TileOverlay {
     [this.canvas, this.info])
     this.widget = addPanel(node, 'dpir_tile_overlay', this.element, 190)
     for (const name of ['tile_size', 'tile_overlap', 'seam_shift']) wrapCallback(widget(node, name), () => this.update())
-    new ResizeObserver(() => this.render()).observe(this.canvas)
+    if (typeof ResizeObserver === 'function') new ResizeObserver(() => guarded('tile overlay redraw', () => this.render())).observe(this.canvas)
     // upstream changes are noticed on the node's canvas frames (onDrawForeground); where no frames come -- nodes
     // rendered by the frontend's Vue node renderer (1.3x+ "Nodes 2.0") -- a slow timer polls instead
     this.lastFrame = 0
-    this.timer = setInterval(() => {
+    this.timer = setInterval(() => guarded('tile overlay poll', () => {
       if (this.element.isConnected && performance.now() - this.lastFrame > 1000) this.poll()
-    }, 500)
+    }), 500)
     this.update()
   }
 
@@ -89,7 +89,7 @@ class TileOverlay {
       pictures.set(url, { image: null })
       loadImage(url).then((image) => {
         pictures.set(url, { image })
-        this.update()
+        guarded('tile overlay update', () => this.update())
       }, () => {})
       return null
     }
@@ -115,9 +115,11 @@ class TileOverlay {
   // Sampler Patch nodes fed by our 'tiles' output: their tile_batch and cfg
   sampler() {
     const links = this.node.outputs?.[0]?.links ?? []
-    for (const id of links) {
-      const link = this.node.graph?.links?.get ? this.node.graph.links.get(id) : this.node.graph?.links?.[id]
-      const target = link && this.node.graph.getNodeById(link.target_id)
+    const graph = this.node.graph
+    for (const id of graph ? links : []) {
+      // links: a Map in 1.2x+, a plain object before
+      const link = typeof graph.links?.get === 'function' ? graph.links.get(id) : /** @type {any} */ (graph.links)?.[id]
+      const target = link && graph.getNodeById?.(link.target_id)
       if (target?.type === 'DPIRSamplerPatch')
         return { tileBatch: widgetValue(target, 'tile_batch') ?? 4, cfg: widgetValue(target, 'cfg') ?? 1, linked: true }
     }
@@ -134,8 +136,8 @@ class TileOverlay {
       source = { kind: 'run', h: ex.info.height, w: ex.info.width, image: ex.image }
     else if (up) source = { kind: 'estimate', h: up.size[0], w: up.size[1], image: up.image }
     const sampler = this.sampler()
-    const plan = source ? dpirTilePlan(source.h, source.w, v('tile_size'), v('tile_overlap'), v('seam_shift') !== false) : null
-    const memory = plan && !plan.error ? tileBatchMemory(plan.tiles, sampler.tileBatch, sampler.cfg) : null
+    const plan = source ? dpirTilePlan(source.h, source.w, Number(v('tile_size')), Number(v('tile_overlap')), v('seam_shift') !== false) : null
+    const memory = plan && !plan.error ? tileBatchMemory(plan.tiles, Number(sampler.tileBatch), Number(sampler.cfg)) : null
     return { source, plan, sampler, memory, tileSize: v('tile_size'), tileOverlap: v('tile_overlap') }
   }
 
@@ -220,7 +222,7 @@ class TileOverlay {
   }
 }
 
-app.registerExtension({
+register(app, {
   name: 'DPIR.TileOverlay',
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE) return
