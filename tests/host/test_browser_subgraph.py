@@ -71,7 +71,6 @@ class SubgraphPage(Page):
 
     def __init__(self, browser, srv):
         super().__init__(browser, srv)
-        self.version = self.page.evaluate("window.__COMFYUI_FRONTEND_VERSION__ ?? null")
         # what the frontend sends to /prompt (the API prompt and the workflow that goes with it)
         self.page.evaluate("""() => {
             const api = window.comfyAPI.api.api
