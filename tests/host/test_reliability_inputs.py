@@ -124,8 +124,7 @@ def test_thin_image_at_full_size_tiled_keeps_its_exact_size(server, object_info,
     api = api_of("dpir_restore_large", server, object_info, workflow_api, LoadImage={"image": "thin_full.png"},
                  DPIRRobustVAEEncode=KEEP, DPIRSamplerPatch={"steps": STEPS},
                  DPIRTiledPrompt={"tile_size": 1024, "tile_overlap": 128, "seam_shift": False})
-    decode = node_id(api, "VAEDecodeTiled")  # the untiled decode is cheaper at this size on the CPU
-    api[decode] = {"class_type": "VAEDecode", "inputs": {k: api[decode]["inputs"][k] for k in ("samples", "vae")}}
+    assert api[node_id(api, "DPIRVAEDecode")]["inputs"]["tiled_vae"] == "auto"  # whole image: it fits in RAM
     (image,) = saved_images(server, server.run(api, timeout=900))
     assert image.shape == (16, 1600, 3) and image.std() > 0
 
