@@ -64,7 +64,11 @@ def global_tokens(image: torch.Tensor, images_bchw: torch.Tensor, enc1, enc2, ti
                   overlap=dp.GLOBAL_OVERLAP) -> torch.Tensor:
     """``dp.global_summary`` of ``images_bchw`` (a view of the node input ``image``), reused while that same tensor
     is alive and unmodified and the towers are the same objects."""
-    key = (image._version, id(enc1.clip_vision), id(enc2.clip_vision), tile, overlap, tuple(image.shape))
+    try:
+        version = image._version
+    except RuntimeError:  # an inference-mode tensor (how ComfyUI runs nodes) cannot be changed in place outside it
+        version = None
+    key = (version, id(enc1.clip_vision), id(enc2.clip_vision), tile, overlap, tuple(image.shape))
     for ref, k, tokens in _GLOBAL:
         if ref() is image and k == key:
             return tokens
