@@ -133,12 +133,17 @@ def test_each_tile_is_conditioned_on_control_conv_of_its_own_crop_once_per_run(s
             # each distinct tile of the four plans once per run (shifted plans share their edge tiles); the
             # features are released at the end of a run, so the second run computes them again
             assert sum(crops) == len({t for p in tiles.plans for t in p})
-        # the whole-image-then-crop variant (before issue 16, kept for bench.py lq-tiles) runs no control_conv
+        # tiles with their own features never build the whole image's (issue 22: nothing whole-image is kept on
+        # the load device in tile mode)
+        injection = mod("lq_injection").injection_of(patched.model_options)
+        assert injection._features is None
+        # the whole-image-then-crop variant (before issue 16, kept for bench.py lq-tiles) builds them once, at its
+        # first use, from the whole LQ latent
         crops.clear()
         whole, guider_whole, _, one_step = nodes["DPIRSamplerPatch"]().patch(patched, positive, 1, 1.0, 3.0)
         ts.attach(whole, tiles, 1, lq_features="image")  # the guider samples this MODEL's options
         guider_whole.sample(torch.randn(z.shape, generator=g), torch.zeros_like(z), sampler, one_step, seed=0)
-        assert crops == []
+        assert crops == [1] and injection._features is not None
     finally:
         hook.remove()
 
