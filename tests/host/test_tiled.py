@@ -286,3 +286,27 @@ def test_interrupt_stops_within_one_tile_batch(setup):
     comfy.model_management.interrupt_current_processing(False)
     out = sample(nodes, model, branch, z, positive, steps=1, tiles=tiles)  # and the next run works
     assert torch.isfinite(out).all()
+
+
+def test_global_tokens_once_per_image_and_each_crop_once(setup):
+    """Issue 22: no CLIP work repeated across tiles, plans or nodes. DPIR Visual Prompt and the Tiled Prompt read the
+    same IMAGE: the global crops go through the towers once; every distinct tile crop of the four plans once."""
+    nodes, _, _, clip1, clip2 = setup
+    image = smooth_image(512, 512)
+    seen = []
+    original = clip2.encode_image
+
+    def counting(pixels, crop=True):
+        seen.append(pixels.shape[0])
+        return original(pixels, crop=crop)
+
+    clip2.encode_image = counting
+    try:
+        nodes["DPIRVisualPrompt"]().encode(clip1, clip2, image)
+        n_global = len(mod("tiled_sampling").dp.global_tiles(512, 512))
+        assert sum(seen) == 1 + n_global  # the local image, then the global tiles
+        seen.clear()
+        tiles, _ = plan(nodes, clip1, clip2, image, 256, 64, shift=True)
+        assert sum(seen) == len({(t.top, t.left, t.height, t.width) for p in tiles.plans for t in p})
+    finally:
+        clip2.encode_image = original
