@@ -9,6 +9,9 @@
     python bench/bench.py loadmem  [--weight-dtype default] --cpu
     python bench/bench.py cards    [--cards 8 12 16 24] [--outputs 1024 2048 4096 8192]
     python bench/bench.py caches   [--size small|tiny|sd3-medium] [--image 512] [--steps 28] [--reps 3] [--threshold 0.2]
+    python bench/bench.py vae      [--image 2048] [--tile 1024] [--overlap 64] [--whole]
+    python bench/bench.py large    [--size small] [--images 2048 4096 8192] [--tile 1024] [--steps 1]
+    python bench/bench.py prompts  [--size sd3-medium] [--image 2048] [--tile 768] --models DIR
 
 Random weights in the official file formats (bench/real_weights.py, written tensor by tensor; `--models DIR`
 writes them there once and reuses them), loaded through the pack's nodes inside the host ComfyUI (found as
@@ -41,6 +44,12 @@ caches: core's step caches on the DPIR model (LazyCache, EasyCache at their defa
 EasyCache with the pack's DIFFUSION_MODEL hook removed, i.e. core alone) vs uncached sampling, all in one
 run: steps skipped, speed ratio (uncached seconds / cached), PSNR of the decoded image against uncached.
 cards: the 'Which card runs what' table from ComfyUI's own memory estimates (no model is run).
+vae: one-pass tiled decode (DPIR VAE Decode) vs VAEDecodeTiled (three tilings) at the same tile size, one run;
+--whole adds seam figures against an untiled decode (max/mean abs difference, PSNR).
+large: dpir_restore_large stage by stage at 2K/4K/8K outputs in one process (×4 of a quarter-size photo): seconds
+and peak memory per stage, the VAE's whole-image/tile choice, and the 8K/2K peak ratio.
+prompts: per-tile visual prompts as the node runs, one crop per tower call, and the floor (one forward of both
+towers per distinct crop, timed alone); real-size towers by default.
 """
 from __future__ import annotations
 
@@ -217,14 +226,13 @@ def test_image(s: int) -> torch.Tensor:
 
 
 def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, offload=False, tile=1024, cfg=1.0,
-             outputs=None):
+             outputs=None, upscale=1.0):
     """dpir_restore (or dpir_restore_large with ``tiles`` of ``tile`` px) stage by stage: {stage: Memory}, the LQ
     latent and the sampler inputs. ``offload``: before each stage every model is unloaded, as ComfyUI does when
     VRAM is short, so a stage's peak holds only its own models. ``outputs`` (a dict) receives the sampled
     latent, the decoded image (B, H, W, C) and the colour-fixed one."""
     import comfy.model_management
     import comfy.sample
-    from nodes import VAEDecodeTiled
 
     model, branch, vae, clip1, clip2 = loaded
     stages = {}
@@ -237,7 +245,10 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
         return stages[name]
 
     with stage("robust VAE encode"):
-        latent, lq = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0, "auto")
+        enc = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "upscale factor" if upscale != 1.0 else "keep size",
+                                                    1024, upscale, "auto")
+        latent, lq = enc["result"]
+    stages["robust VAE encode"].note = enc["ui"]["text"][0]
     with stage("CLIP visual prompt"):
         visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
     with stage("T5 prompt (embedding file)"):
@@ -248,6 +259,7 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
         with stage("CLIP tile prompts (tiled)"):
             plan = nodes["DPIRTiledPrompt"]().plan(clip1, clip2, lq, text, tile, tile // 8, "per-tile local prompt",
                                                    True, 1)[0]
+        stages["CLIP tile prompts (tiled)"].note = f"{len({t for p in plan.plans for t in p})} distinct tiles"
     with stage("LQ condition + sampler patch (once per image)"):
         patched = nodes["DPIRApplyLQCondition"]().apply(model, branch, latent, 1.0, 0.0, 1.0)[0]
         _, guider, sampler, sigmas = nodes["DPIRSamplerPatch"]().patch(patched, positive, steps, cfg, 3.0, tiles=plan,
@@ -255,9 +267,9 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
     noise = comfy.sample.prepare_noise(latent["samples"], 0)
     with stage("sampling" + (" (tiled)" if tiles else "")):
         out = guider.sample(noise, latent["samples"], sampler, sigmas, seed=0)
-    with stage("decode" + (" (tiled)" if tiles else "")):
+    with stage("decode" + (" (DPIR VAE Decode, auto)" if tiles else "")):
         if tiles:
-            decoded = VAEDecodeTiled().decode(vae, {"samples": out}, tile, tile // 16)[0]
+            decoded = nodes["DPIRVAEDecode"]().decode({"samples": out}, vae, "auto")["result"][0]
         else:
             decoded = vae.decode(out)
     with stage("colour fix"):
@@ -488,6 +500,113 @@ def memory(args):
         print(f"\n## memory: {device.type}, '{args.size}' model, {s}×{s}" + (" (tiled: 1024 px tiles, 128 px "
               "overlap, tiled VAE)" if tiles else "") + "\n")
         stage_table({k: [m] for k, m in stages.items()})
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def vae_tiles(args):
+    """One-pass tiled decode (DPIR VAE Decode) vs ComfyUI's VAEDecodeTiled (three tilings) at the same tile size and
+    overlap, in one run; with --whole, both against an untiled decode of the same latent (seams)."""
+    device, _, nodes, models = setup(args)
+    import comfy.sd
+    import comfy.utils
+    from nodes import VAEDecodeTiled
+
+    stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
+    vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
+    tvae = sys.modules[f"{PACK_NAME}.nodes.tiled_vae"]
+    z = photo_latent(args.image // 8) * 0.5
+    vae.decode(z[:, :, :16, :16])  # warm-up
+    print(f"device {device}, SD3 VAE (real shape, random weights), {args.image}², tiles {args.tile} px, overlap "
+          f"{args.overlap} px", file=sys.stderr)
+    with Memory(device) as one:
+        a, choice = tvae.decode(vae, z, "on", tile_px=args.tile, overlap_px=args.overlap)
+    with Memory(device) as three:
+        b = VAEDecodeTiled().decode(vae, {"samples": z}, args.tile, args.overlap)[0]
+    print(f"\n## vae: {device.type}, {args.image}², tile {args.tile} px, overlap {args.overlap} px\n")
+    print("| decode | tiles | seconds | peak memory (MiB, delta) |\n|---|---|---|---|")
+    print(f"| one pass (DPIR VAE Decode) | {choice.plan.count} | {one.seconds:.1f} | {one.peak_bytes / 2**20:.0f} "
+          f"({one.delta_bytes / 2**20:+.0f}) |")
+    print(f"| three tilings (VAEDecodeTiled) | 3 passes | {three.seconds:.1f} | {three.peak_bytes / 2**20:.0f} "
+          f"({three.delta_bytes / 2**20:+.0f}) |")
+    print(f"\nVAEDecodeTiled / one pass: {three.seconds / one.seconds:.2f}× time")
+    if args.whole:
+        with Memory(device) as whole:
+            w = vae.decode(z)
+        print(f"\nagainst the untiled decode ({whole.seconds:.1f} s, {whole.delta_bytes / 2**20:+.0f} MiB):\n")
+        print("| decode | max abs diff | mean abs diff | PSNR (dB) |\n|---|---|---|---|")
+        for name, x in (("one pass", a), ("three tilings", b)):
+            d = (x - w).abs()
+            print(f"| {name} | {float(d.max()):.4f} | {float(d.mean()):.5f} | {psnr(x, w):.1f} |")
+    sys.stdout.flush()
+
+
+def large(args):
+    """dpir_restore_large stage by stage at each size in one process (2K/4K/8K by default; 'small' DiT, real-shape
+    VAE and towers): seconds and peak memory per stage; the ratio of the largest run's peak to the smallest's."""
+    device, _, nodes, models = setup(args)
+    loaded = load_pack_models(nodes, models, device)
+    print(f"device {device}, model '{args.size}', {args.steps} step(s), tile {args.tile} px", file=sys.stderr)
+    run_pack(nodes, loaded, test_image(256), 1, device, tiles=True, tile=256)  # warm-up
+    peaks = {}
+    for s in args.images:
+        t0 = time.perf_counter()
+        stages = run_pack(nodes, loaded, test_image(s // 4), args.steps, device, tiles=True, tile=args.tile,
+                          upscale=4.0)[0]
+        wall = time.perf_counter() - t0
+        peaks[s] = max(m.peak_bytes for m in stages.values())
+        print(f"\n## large: {device.type}, '{args.size}' model, {s // 4}² ×4 → {s}², {args.tile} px tiles, "
+              f"{args.steps} step(s): {wall:.0f} s, peak {peaks[s] / 2**30:.2f} GiB\n")
+        stage_table({k: [m] for k, m in stages.items()})
+        for k, m in stages.items():
+            if getattr(m, "note", None):
+                print(f"- {k}: {m.note}")
+        sys.stdout.flush()
+    lo, hi = min(args.images), max(args.images)
+    print(f"\npeak at {hi}² / peak at {lo}²: {peaks[hi] / peaks[lo]:.2f}×")
+
+
+def prompts(args):
+    """Per-tile visual prompts of 'DPIR Tiled Global-Local Prompt' at one size: the node as it runs (global tokens
+    shared with DPIR Visual Prompt, tower batches sized by memory), the same with one crop per tower call, and the
+    floor: one forward of both towers per distinct tile crop, timed alone."""
+    device, _, nodes, models = setup(args)
+    clip = nodes["DPIRCLIPVisionLoader"]().load
+    clip1, clip2 = clip("clip_vit_b32.safetensors")[0], clip("clip_vision_g.safetensors")[0]
+    ts = sys.modules[f"{PACK_NAME}.nodes.tiled_sampling"]
+    vp = sys.modules[f"{PACK_NAME}.nodes.visual_prompt"]
+    lq = test_image(args.image)
+    text = [[torch.zeros(1, 256, 64), {"pooled_output": torch.zeros(1, 64)}]]
+    node = nodes["DPIRTiledPrompt"]()
+    crop = torch.rand(1, 3, args.tile, args.tile)
+    vp.ComfyVisionEncoder(clip1, "1", 1)(crop), vp.ComfyVisionEncoder(clip2, "2", 1)(crop)  # warm-up, load
+    with Memory(device) as visual:
+        nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)
+    with Memory(device) as batched:
+        tiles = node.plan(clip1, clip2, lq, text, args.tile, args.tile // 8, "per-tile local prompt", True, 1)[0]
+    crops = len({t for p in tiles.plans for t in p})
+    image = lq.movedim(-1, 1)
+    with Memory(device) as one_by_one:
+        node._tile_prompts(tiles, image, clip1, clip2, batch=1, source=lq)
+    singles = []
+    for _ in range(3):
+        with Memory(device) as m:
+            vp.ComfyVisionEncoder(clip1, "1", 1)(crop), vp.ComfyVisionEncoder(clip2, "2", 1)(crop)
+        singles.append(m.seconds)
+    floor = statistics.median(singles) * crops
+    print(f"\n## prompts: {device.type}, '{args.size}' towers, {args.image}², {args.tile} px tiles with seam shift "
+          f"({len(tiles.plans)} plans, {tiles.count} tiles each, {crops} distinct crops)\n")
+    print("| what | seconds |\n|---|---|")
+    print(f"| DPIR Visual Prompt (whole image; computes the global tokens) | {visual.seconds:.1f} |")
+    print(f"| per-tile prompts, as the node runs (global tokens reused, batches by memory) | {batched.seconds:.1f} |")
+    print(f"| per-tile prompts, one crop per tower call (global tokens reused) | {one_by_one.seconds:.1f} |")
+    print(f"| floor: {crops} × one forward of both towers on one crop, timed alone "
+          f"({statistics.median(singles):.2f} s each) | {floor:.1f} |")
+    print(f"\none by one / batched: {one_by_one.seconds / batched.seconds:.2f}×; node / floor: "
+          f"{batched.seconds / floor:.2f}×")
 
 
 def reference_runner(spec, models, device, image, steps, dtype=None, cfg=1.0):
@@ -1073,6 +1192,26 @@ def main():
     r.add_argument("--server-args", nargs="*", default=[])
     r.add_argument("--json", type=Path)
     r.add_argument("--models", type=Path)
+    v = sub.add_parser("vae")
+    v.add_argument("--size", default="tiny", choices=["tiny", "small", "sd3-medium"])
+    v.add_argument("--image", type=int, default=2048, help="square output size in px")
+    v.add_argument("--tile", type=int, default=1024, help="tile size in px (both decoders)")
+    v.add_argument("--overlap", type=int, default=64, help="overlap in px (both decoders)")
+    v.add_argument("--whole", action="store_true", help="also the untiled decode, for the seam figures")
+    v.add_argument("--cpu", action="store_true")
+    lg = sub.add_parser("large")
+    lg.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
+    lg.add_argument("--images", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px (×4)")
+    lg.add_argument("--tile", type=int, default=1024, help="sampling tile size in px")
+    lg.add_argument("--steps", type=int, default=1)
+    lg.add_argument("--cpu", action="store_true")
+    pr = sub.add_parser("prompts")
+    pr.add_argument("--size", default="sd3-medium", choices=["tiny", "small", "sd3-medium"])
+    pr.add_argument("--image", type=int, default=2048)
+    pr.add_argument("--tile", type=int, default=768, help="tile size in px (the real-size table's)")
+    pr.add_argument("--cpu", action="store_true")
+    for p_ in (v, lg, pr):
+        p_.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
     c = sub.add_parser("cards")
     c.add_argument("--cards", type=int, nargs="+", default=[8, 12, 16, 24], help="VRAM in GB")
     c.add_argument("--outputs", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
@@ -1092,7 +1231,7 @@ def main():
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
         {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "lq-tiles": lq_tiles,
-         "loadmem": loadmem, "caches": caches}[args.cmd](args)
+         "loadmem": loadmem, "caches": caches, "vae": vae_tiles, "large": large, "prompts": prompts}[args.cmd](args)
 
 
 if __name__ == "__main__":

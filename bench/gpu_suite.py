@@ -29,6 +29,8 @@ essential
 optional (in this order)
   pipeline     the pack end to end vs the diffusers reference (bf16), stage breakdown with peak memory
   memory       peak memory per stage at 1024², 2048², 4096² (tiled; models offloaded between stages)
+  large        dpir_restore_large at 2K/4K/8K outputs: peak memory and seconds per stage, 8K/2K peak ratio; one-pass
+               tiled decode vs VAEDecodeTiled (three tilings) at the same tile size, both against the untiled decode
   weight_dtype sampling at 1024² with each weight_dtype (default, bf16, fp8_e4m3fn, fp8_e4m3fn_fast): s/step,
                peak memory, difference from bf16
   caches       core's step caches (LazyCache, EasyCache, EasyCache without the pack's hook) vs uncached
@@ -71,13 +73,16 @@ import real_weights as rw  # noqa: E402
 from host.comfy_harness import load_workflow_api  # noqa: E402
 
 ESSENTIAL = ("setup", "conformance", "workflows", "reference", "steps")
-OPTIONAL = ("pipeline", "memory", "weight_dtype", "caches", "t5xxl", "compile")
+OPTIONAL = ("pipeline", "memory", "large", "weight_dtype", "caches", "t5xxl", "compile")
 # seconds each optional stage is expected to take on an H200 at real shapes (the budget's yardstick)
-ESTIMATE_S = {"pipeline": 30, "memory": 60, "weight_dtype": 45, "t5xxl": 90, "compile": 150, "caches": 90}
+ESTIMATE_S = {"pipeline": 30, "memory": 60, "large": 120, "weight_dtype": 45, "t5xxl": 90, "compile": 150,
+              "caches": 90}
 WEIGHT_DTYPES = ("default", "bf16", "fp8_e4m3fn", "fp8_e4m3fn_fast")
 SIZES = {  # px: main image, memory sizes, large workflow input (×4), tile
-    "sd3-medium": {"image": 1024, "memory": [1024, 2048, 4096], "large_input": 1024, "tile": 1024},
-    "tiny": {"image": 128, "memory": [128, 384], "large_input": 96, "tile": 256},  # 256 px: the smallest tile
+    "sd3-medium": {"image": 1024, "memory": [1024, 2048, 4096], "large_input": 1024, "tile": 1024,
+                   "large": [2048, 4096, 8192], "vae": 2048},
+    "tiny": {"image": 128, "memory": [128, 384], "large_input": 96, "tile": 256,  # 256 px: the smallest tile
+             "large": [256, 512], "vae": 256},
 }
 CONFORMANCE_TESTS = {
     "sd3-medium": ["tests/host/test_conformance.py", "tests/host/test_tiled.py", "tests/host/test_weight_dtype.py"],
@@ -480,6 +485,44 @@ def stage_memory(suite):
     return out
 
 
+def stage_large(suite):
+    """dpir_restore_large at 2K/4K/8K outputs (×4 of a quarter-size photo, tiled sampling, the VAE's whole-image/tile
+    choice by memory): peak memory and seconds per stage; then one-pass tiled decode (DPIR VAE Decode) vs
+    VAEDecodeTiled (three tilings) at the same tile size and overlap, and both against the untiled decode."""
+    from nodes import VAEDecodeTiled
+
+    device, sizes, nodes = suite.ctx["device"], suite.ctx["sizes"], suite.ctx["nodes"]
+    loaded = loaded_models(suite)
+    out = {"steps": 1, "tile": sizes["tile"]}
+    for s in sizes["large"]:
+        stages = bench.run_pack(nodes, loaded, bench.test_image(s // 4), 1, device, tiles=True, tile=sizes["tile"],
+                                upscale=4.0)[0]
+        out[f"{s}"] = {"stages": {k: mem(m) for k, m in stages.items()},
+                       "peak_mib": round(max(mib(m.peak_bytes) for m in stages.values()), 1),
+                       "vae_encode": getattr(stages["robust VAE encode"], "note", "")}
+        suite.results["stages"]["large"]["data"] = out  # a kill inside the next size keeps this one
+        suite.write()
+    lo, hi = min(sizes["large"]), max(sizes["large"])
+    out["peak_ratio"] = round(out[f"{hi}"]["peak_mib"] / out[f"{lo}"]["peak_mib"], 3)
+    vae, tvae = loaded[2], sys.modules[f"{bench.PACK_NAME}.nodes.tiled_vae"]
+    tile, overlap = sizes["tile"] // 2, 64
+    z = bench.photo_latent(sizes["vae"] // 8) * 0.5
+    with bench.Memory(device) as one:
+        a, choice = tvae.decode(vae, z, "on", tile_px=tile, overlap_px=overlap)
+    with bench.Memory(device) as three:
+        b = VAEDecodeTiled().decode(vae, {"samples": z}, tile, overlap)[0]
+    with bench.Memory(device) as whole:
+        w = vae.decode(z)
+    out["decode"] = {"image_px": sizes["vae"], "tile_px": tile, "overlap_px": overlap, "tiles": choice.plan.count,
+                     "one_pass": mem(one), "three_tilings": mem(three), "whole": mem(whole),
+                     "three_over_one": round(three.seconds / one.seconds, 3),
+                     "one_pass_vs_whole": {"max": float((a - w).abs().max()), "mean": float((a - w).abs().mean()),
+                                           "psnr_db": round(bench.psnr(a, w), 2)},
+                     "three_vs_whole": {"max": float((b - w).abs().max()), "mean": float((b - w).abs().mean()),
+                                        "psnr_db": round(bench.psnr(b, w), 2)}}
+    return out
+
+
 def stage_weight_dtype(suite):
     device, s, steps = suite.ctx["device"], suite.ctx["sizes"]["image"], suite.args.steps
     base = loaded_models(suite)
@@ -649,6 +692,24 @@ def markdown(results) -> str:
                 m = d[k]["stages"].get(n) or d[k]["stages"].get(n + " (tiled)")
                 cells.append(f"{m['peak_mib']} ({m['seconds']:.2f} s)" if m else "–")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    d = st.get("large", {}).get("data")
+    if d:
+        sizes = [k for k in d if k.isdigit()]
+        lines += ["", f"## dpir_restore_large, {d['tile']} px tiles, 1 step: peak MiB (seconds) per stage", "",
+                  "| stage | " + " | ".join(f"{k}²" for k in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for n in dict.fromkeys(n for k in sizes for n in d[k]["stages"]):
+            cells = [(lambda m: f"{m['peak_mib']} ({m['seconds']:.2f} s)" if m else "–")(d[k]["stages"].get(n))
+                     for k in sizes]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("| peak | " + " | ".join(f"{d[k]['peak_mib']}" for k in sizes) + " |")
+        if "peak_ratio" in d:
+            lines += ["", f"peak {sizes[-1]}² / {sizes[0]}²: {d['peak_ratio']}×"]
+        v = d.get("decode")
+        if v:
+            lines += ["", f"one-pass decode ({v['tiles']} tiles) vs VAEDecodeTiled at {v['image_px']}², tile "
+                      f"{v['tile_px']} px, overlap {v['overlap_px']} px: {v['three_over_one']}× faster; vs untiled: "
+                      f"one pass {v['one_pass_vs_whole']['psnr_db']} dB, three tilings "
+                      f"{v['three_vs_whole']['psnr_db']} dB"]
     d = st.get("weight_dtype", {}).get("data")
     if d:
         lines += ["", f"## weight_dtype at {d['image_px']}², {d['steps']} steps", "",
@@ -674,7 +735,7 @@ def markdown(results) -> str:
 
 STAGES = {"setup": stage_setup, "conformance": stage_conformance, "workflows": stage_workflows,
           "reference": stage_reference, "steps": stage_steps, "pipeline": stage_pipeline, "memory": stage_memory,
-          "weight_dtype": stage_weight_dtype, "t5xxl": stage_t5xxl, "compile": stage_compile,
+          "large": stage_large, "weight_dtype": stage_weight_dtype, "t5xxl": stage_t5xxl, "compile": stage_compile,
           "caches": stage_caches}
 
 

@@ -2,7 +2,7 @@
 import importlib
 
 # Order = order in the node menu.
-_MODULES = ("loaders", "robust_encode", "visual_prompt", "caption", "restoration_prompt", "text_prompt", "dual_prompt",
+_MODULES = ("loaders", "robust_encode", "tiled_vae", "visual_prompt", "caption", "restoration_prompt", "text_prompt", "dual_prompt",
             "lq_injection", "tiled_sampling", "sampler", "colour_fix")
 
 NODE_CLASS_MAPPINGS = {}

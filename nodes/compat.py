@@ -182,6 +182,16 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     TP("comfy.model_management:interrupt_current_processing", "attr", "tests/host/test_tiled.py", CHECKED),
     TP("comfy.model_management:InterruptProcessingException", "attr", "tests/host/test_tiled.py", CHECKED),
     TP("comfy.model_management:unload_all_models", "attr", "bench", CHECKED),
+    TP("comfy.model_management:get_free_memory", "call", "nodes/tiled_vae.py, nodes/visual_prompt.py", NOT_STORED,
+       ("dev",), note="VRAM on CUDA, RAM on the CPU: the tiled VAE's whole-image/tile choice and the tower batches"),
+    TP("comfy.sd", "source", "nodes/tiled_vae.py", CHECKED,
+       ("memory_used_encode", "memory_used_decode", "vae_dtype", "downscale_ratio", "self.patcher"),
+       note="VAE attributes set per model in VAE.__init__ (not class attributes): ComfyUI's own memory estimates "
+            "for a shape, which the one-pass tiled VAE compares with the free memory"),
+    TP("comfy.clip_vision", "source", "nodes/visual_prompt.py", NOT_STORED, ("self.load_device",),
+       note="the tower's device, whose free memory sizes the per-tile prompt batches"),
+    TP("nodes:VAEDecodeTiled", "attr", "bench (one-pass vs three tilings)", NOT_STORED,
+       note="what the large workflow used before DPIR VAE Decode; the bench compares against it"),
     # the caption model (nodes/caption.py): its own ModelPatcher, loaded whole, taken off the GPU after use
     TP("comfy.model_management:load_models_gpu", "call", "nodes/caption.py", CHECKED, ("models", "force_full_load")),
     TP("comfy.model_management:current_loaded_models", "attr", "nodes/caption.py (offload after captioning)",

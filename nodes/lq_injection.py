@@ -1,8 +1,8 @@
 """LQ condition injection: a MODEL patch on SD3's first joint block.
 
-The branch features are computed once per image here (in tiled sampling once
-per tile and run, from the tile's own crop of the LQ latent, kept in RAM while
-sampling on a GPU: ``LQInjection.tile_features``); at sampling time they travel as a conditioning
+The branch features are computed once per image, when a sampling run first needs them (in tiled sampling
+once per tile and run, from the tile's own crop of the LQ latent, kept in RAM while sampling on a GPU:
+``LQInjection.tile_features``; the whole image's are then never built); at sampling time they travel as a conditioning
 model-cond (so ComfyUI's batching, CFG and area crops apply to them), reach
 the model through an APPLY_MODEL wrapper, and are cross-normalised and added
 after joint block 0 by a double_block replace patch.
@@ -36,6 +36,20 @@ class CONDTokenGrid(comfy.conds.CONDRegular):
             rows, cols = token_grid(h, w)
             data = data[:, :, y0:y0 + rows, x0:x0 + cols]
         return self._copy_with(comfy.utils.repeat_to_batch_size(data, batch_size))
+
+
+class CONDTileOwned(CONDTokenGrid):
+    """Stands for the whole image's LQ features in tiled sampling with per-tile features: every tile replaces it
+    with its own (``TiledCondBatch``), so the whole image's are never built. Holds no tensor but its size."""
+
+    def __init__(self, shape):
+        super().__init__(torch.empty(0))
+        self.shape = tuple(shape)
+
+    def process_cond(self, batch_size, area, **kwargs):
+        raise DPIRInputError("the DPIR LQ condition was prepared for tiled sampling but reached the model untiled: "
+                             "wire 'tiles' of 'DPIR Tiled Global-Local Prompt' into the same 'DPIR Sampler Patch' "
+                             "that samples this model")
 
 
 def branch_features(branch, z: torch.Tensor, device, compute) -> torch.Tensor:
@@ -75,10 +89,10 @@ def injection_of(model_options: dict):
 class LQInjection:
     """Everything the patch needs; shared by clones (no weights, no deep copies)."""
 
-    def __init__(self, features: torch.Tensor, strength: float, sigma_start: float, sigma_end: float,
+    def __init__(self, features: torch.Tensor | None, strength: float, sigma_start: float, sigma_end: float,
                  branch=None, latent: torch.Tensor | None = None, compute=None,
                  strength_start: float = 1.0, strength_end: float = 1.0, sigma_max: float = 1.0):
-        self.features, self.strength = features, strength
+        self._features, self.strength = features, strength
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
         # strength factor from strength_start (at the model's sigma_max) to strength_end (sigma 0), linear in sigma
         self.strength_start, self.strength_end, self.sigma_max = strength_start, strength_end, sigma_max
@@ -86,6 +100,20 @@ class LQInjection:
         self.branch, self.latent, self.compute = branch, latent, compute
         self._tiles = {}  # {tile: features} of the sampling run in progress
         self.store = None  # where they wait between tile batches; None: ComfyUI's choice (cache_device)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The whole image's features on the branch's load device, built at the first untiled use and kept (as the
+        conditioning they are part of); tiled sampling with per-tile features never asks for them."""
+        if self._features is None:
+            comfy.model_management.load_models_gpu([self.branch.patcher])
+            self._features = branch_features(self.branch, self.latent, self.branch.patcher.load_device, self.compute)
+        return self._features
+
+    def token_shape(self) -> tuple[int, int, int]:
+        """(LQ batch, token rows, token cols) of the features, without building them."""
+        rows, cols = token_grid(self.latent.shape[-2], self.latent.shape[-1])
+        return self.latent.shape[0], rows, cols
 
     def tile_features(self, tiles, device) -> list[torch.Tensor]:
         """Each tile's features (B, C, rows, cols) on ``device``: ``control_conv`` of the tile's own crop of the LQ
@@ -113,7 +141,7 @@ class LQInjection:
         """The sampled latent must have the LQ latent's size, and one LQ image or one per sampled image."""
         b, h, w = latent.shape[0], latent.shape[-2], latent.shape[-1]
         rows, cols = token_grid(h, w)
-        lq_batch, lq_rows, lq_cols = self.features.shape[0], self.features.shape[-2], self.features.shape[-1]
+        lq_batch, lq_rows, lq_cols = self.token_shape()
         if (rows, cols) != (lq_rows, lq_cols):
             raise DPIRInputError(
                 f"the LQ latent gives {lq_rows * lq_cols} tokens ({lq_cols}×{lq_rows}) but the sampled latent has "
@@ -133,6 +161,12 @@ class LQInjection:
             self.check_latent(noise)
             batch = noise.shape[0]
         base = guider.model_patcher.model
+        tiled = guider.model_options.get("sampler_calc_cond_batch_function")
+        if getattr(tiled, "own_lq_features", False):  # every tile brings its own: nothing whole-image is built
+            b, rows, cols = self.token_shape()
+            grid = CONDTileOwned((b, self.branch.hidden, rows, cols))
+        else:
+            grid = CONDTokenGrid(self.features)
         for name, conds in guider.conds.items():
             for c in conds:
                 tokens = c.get("cross_attn")
@@ -143,7 +177,7 @@ class LQInjection:
                             f"the {name} prompt holds {tokens.shape[0]} images' prompts but {batch} images are "
                             "being sampled: wire the same image (batch) into 'DPIR Visual Prompt' and 'DPIR Robust "
                             "VAE Encode'")
-                c["model_conds"] = {**c.get("model_conds", {}), KEY: CONDTokenGrid(self.features)}
+                c["model_conds"] = {**c.get("model_conds", {}), KEY: grid}
         try:
             return executor(*args, **kwargs)
         finally:
@@ -220,8 +254,8 @@ class RestoreGuidance:
 
 
 class DPIRApplyLQCondition:
-    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image; "
-                   "in tiled sampling once per tile, from its own crop), "
+    DESCRIPTION = ("Conditions an SD3 DPIR MODEL on the LQ latent: control_conv features (computed once per image "
+                   "when sampling starts; in tiled sampling once per tile, from its own crop), "
                    "cross-normalised to the image tokens after the first joint block and added, as DPIR does. "
                    "Strength 0 gives plain SD3; start/end limit it to part of the schedule; strength_start/_end "
                    "ramp it over the noise levels. restore_cfg > 0 pulls every step's estimate toward the LQ "
@@ -275,12 +309,12 @@ class DPIRApplyLQCondition:
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise DPIRInputError(f"'{name}' of 'DPIR Apply LQ Condition' must be a finite number >= 0, "
                                      f"got {value!r}")
-        comfy.model_management.load_models_gpu([lq_branch.patcher])
-        z = base.latent_format.process_in(samples.float())
+        # the scaled LQ latent waits in ComfyUI's intermediate device (RAM unless --gpu-only); the features are built
+        # from it when sampling needs them (LQInjection.features / tile_features)
+        z = base.latent_format.process_in(samples.float()).to(comfy.model_management.intermediate_device())
         compute = base.manual_cast_dtype or base.get_dtype()
-        grid = branch_features(lq_branch, z, lq_branch.patcher.load_device, compute)
         sampling = model.get_model_object("model_sampling")
-        patch = LQInjection(grid, strength, float(sampling.percent_to_sigma(start_percent)),
+        patch = LQInjection(None, strength, float(sampling.percent_to_sigma(start_percent)),
                             float(sampling.percent_to_sigma(end_percent)), lq_branch, z, compute,
                             strength_start, strength_end, float(sampling.sigma_max))
         m = model.clone()

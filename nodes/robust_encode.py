@@ -12,12 +12,12 @@ import torch.nn.functional as F
 import comfy.utils
 
 from ..models.errors import DPIRInputError, DPIRModelError
+from . import tiled_vae as vae_tiles
 from .checks import check_lq_latent
 from .images import to_bchw, to_bhwc
+from .tiled_vae import TILED_VAE
 
 RESIZE_MODES = ("long side", "upscale factor", "keep size")
-TILED_VAE = ("auto", "on", "off")
-TILED_ABOVE = 2048 * 2048  # pixels
 MULTIPLE = 16  # 8 px per latent pixel × patch 2
 LQ_SIZE = "dpir_lq_size"  # the LQ size before padding, carried in the LATENT for the robust decode
 
@@ -63,8 +63,7 @@ class DPIRRobustVAEEncode:
             "upscale_factor": ("FLOAT", {"default": 4.0, "min": 0.125, "max": 16.0, "step": 0.05,
                                          "tooltip": "output size / input size (resize = upscale factor)"}),
         }, "optional": {
-            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip":
-                          "encode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
+            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip": vae_tiles.TOOLTIP}),
         }}
 
     def encode(self, image, vae, resize, long_side, upscale_factor, tiled_vae="auto"):
@@ -77,11 +76,8 @@ class DPIRRobustVAEEncode:
             x = comfy.utils.common_upscale(x, w, h, "lanczos", "disabled").clamp(0, 1)
         lq = to_bhwc(x)
         padded = pad_to_multiple(x)
-        if _tiled(tiled_vae, h, w):
-            latent = vae.encode_tiled(to_bhwc(padded), tile_x=1024, tile_y=1024, overlap=64)
-        else:
-            latent = vae.encode(to_bhwc(padded))
-        return ({"samples": latent, LQ_SIZE: (h, w)}, lq)
+        latent, choice = vae_tiles.encode(vae, to_bhwc(padded), tiled_vae)
+        return {"ui": {"text": [choice.text]}, "result": ({"samples": latent, LQ_SIZE: (h, w)}, lq)}
 
 
 class DPIRRobustVAEDecode:
@@ -99,29 +95,21 @@ class DPIRRobustVAEDecode:
             "lq_latent": ("LATENT", {"tooltip": "lq_latent of 'DPIR Robust VAE Encode'"}),
             "vae": ("VAE", {"tooltip": "the robust VAE from 'DPIR Robust VAE Loader'"}),
         }, "optional": {
-            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip":
-                          "decode in 1024 px tiles: 'auto' above 2048×2048 px (flat VRAM at 4K–8K)"}),
+            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip": vae_tiles.TOOLTIP}),
         }}
 
     def decode(self, lq_latent, vae, tiled_vae="auto"):
         _check_vae(vae)
         z = check_lq_latent(lq_latent)
         h, w = lq_latent.get(LQ_SIZE, (z.shape[-2] * 8, z.shape[-1] * 8))
-        if _tiled(tiled_vae, h, w):
-            decoded = vae.decode_tiled(z, tile_x=128, tile_y=128, overlap=16)
-        else:
-            decoded = vae.decode(z)
-        return (decoded[:, :h, :w].contiguous().clamp(0, 1),)
+        decoded, choice = vae_tiles.decode(vae, z, tiled_vae)
+        return {"ui": {"text": [choice.text]}, "result": (decoded[:, :h, :w].contiguous().clamp(0, 1),)}
 
 
 def _check_vae(vae):
     if getattr(vae, "latent_channels", None) != 16:
         raise DPIRModelError(f"this VAE has {getattr(vae, 'latent_channels', '?')} latent channels; DPIR needs "
                              "the robust SD3 VAE (16 channels) from 'DPIR Robust VAE Loader'")
-
-
-def _tiled(mode: str, h: int, w: int) -> bool:
-    return mode == "on" or (mode == "auto" and h * w > TILED_ABOVE)
 
 
 NODE_CLASS_MAPPINGS = {"DPIRRobustVAEEncode": DPIRRobustVAEEncode, "DPIRRobustVAEDecode": DPIRRobustVAEDecode}

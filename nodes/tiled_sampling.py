@@ -25,7 +25,7 @@ from ..models.tiling import Tile, blend_weights, plan_tiles, shifted_plan
 from .images import to_bchw, to_bhwc
 from .dit_wrappers import refuse_easycache_in_tiles
 from .lq_injection import KEY, CONDTokenGrid, injection_of
-from .visual_prompt import ComfyVisionEncoder
+from .visual_prompt import ComfyVisionEncoder, global_tokens as cached_global_tokens
 from .web_ui import tiles_ui
 
 LATENT_SCALE = 8  # image px per latent px
@@ -115,6 +115,8 @@ class TiledCondBatch:
         if lq_features not in LQ_FEATURES:
             raise DPIRInputError(f"lq_features must be one of {LQ_FEATURES}, got {lq_features!r}")
         self.tiles, self.tile_batch, self.lq_features = tiles, max(1, tile_batch), lq_features
+        # every step is tiled and every tile uses its own LQ features: the whole image's are never needed
+        self.own_lq_features = lq_features == "tile" and all(len(p) > 1 for p in tiles.plans)
 
     def __deepcopy__(self, memo):
         return self
@@ -253,8 +255,8 @@ class DPIRTiledPrompt:
             raise DPIRInputError(f"prompt_mode must be one of {PROMPT_MODES}")
         tiles = TileSet(lh, lw, tile, overlap, shifts, shift_every, image_size=(h, w))
         if prompt_mode == PROMPT_MODES[0]:
-            tiles.visual, tiles.text = self._tile_prompts(tiles, image, clip_vision_local, clip_vision_summary), \
-                text_prompt[0][0]
+            tiles.visual, tiles.text = self._tile_prompts(tiles, image, clip_vision_local, clip_vision_summary,
+                                                          source=lq_image), text_prompt[0][0]
         return (tiles, to_bhwc(draw_plan(image, tiles)))
 
     def plan_with_overlay(self, clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size,
@@ -266,11 +268,15 @@ class DPIRTiledPrompt:
         return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE), "result": out}
 
     @staticmethod
-    def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary, batch: int = 16):
+    def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary, batch: int | None = None, source=None):
+        """Each distinct tile crop of all plans through the towers once, same-size crops together in batches sized by
+        memory (``batch`` None) or of ``batch``; the global tokens once per image (shared with 'DPIR Visual Prompt'
+        when ``source``, the node's IMAGE input, is the tensor that node read)."""
         enc1 = ComfyVisionEncoder(clip_local, "clip_vision_local", batch)
         enc2 = ComfyVisionEncoder(clip_summary, "clip_vision_summary", batch)
         h, w = image.shape[-2:]
-        global_tokens = dp.global_summary(image, enc1, enc2)
+        global_tokens = dp.global_summary(image, enc1, enc2) if source is None else \
+            cached_global_tokens(source, image, enc1, enc2)
         boxes = {}
         for p, plan in enumerate(tiles.plans):
             for i, t in enumerate(plan):

@@ -63,6 +63,10 @@ def test_tiny_cpu_suite_runs_every_stage(prepared, tmp_path):
     steps = stages["steps"]["data"]
     assert steps["dpir_s_per_step"] > 0 and steps["plain_s_per_step"] > 0
     assert set(stages["memory"]["data"]) >= {"128", "384"} and stages["memory"]["data"]["384"]["tiled"]
+    large = stages["large"]["data"]
+    assert set(large) >= {"256", "512", "peak_ratio", "decode"} and large["peak_ratio"] > 0
+    assert large["decode"]["tiles"] > 1 and large["decode"]["three_over_one"] > 0
+    assert large["decode"]["one_pass_vs_whole"]["psnr_db"] > 0
     dtypes = stages["weight_dtype"]["data"]
     assert dtypes["fp8_e4m3fn"]["stored_dtype"] == "torch.float8_e4m3fn" and "rel_l2_vs_bf16" in dtypes["default"]
     assert stages["compile"]["data"]["eager_over_compiled"] > 0

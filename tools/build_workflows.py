@@ -141,8 +141,8 @@ def restore_chain(g: Graph, x, y, model, lq_branch, encode, robust, positive, ne
     if tiles is None:
         decode = g.add("VAEDecode", (x + 1080, y), {}, {"samples": (sample, 0), "vae": (robust, 0)}, size=(220, 50))
     else:
-        decode = g.add("VAEDecodeTiled", (x + 1080, y), {"tile_size": 1024, "overlap": 64},
-                       {"samples": (sample, 0), "vae": (robust, 0)})
+        # whole image when it fits in memory, else the largest tiles that fit, each region decoded once
+        decode = g.add("DPIRVAEDecode", (x + 1080, y), {"tiled_vae": "auto"}, {"samples": (sample, 0), "vae": (robust, 0)})
     # room for the before/after view the node shows after a run (web/js/dpir_compare.js)
     fix = g.add("DPIRColourFix", (x + 1080, y + 100), {}, {"image": (decode, 0), "lq_image": (encode, 1)},
                 size=(360, 420))
@@ -215,7 +215,8 @@ def dpir_restore_large(info):
         "tiles blend with Gaussian weights and the grid moves a quarter tile per step so no seam stays. "
         "Knobs: tile size/overlap and prompt mode in 'DPIR Tiled Global-Local Prompt', tile batch in the "
         "Sampler Patch (memory per step ~ tile batch × tile size², independent of the image size). The VAE "
-        "works in tiles above 2048² px; the colour fix runs once on the stitched image.\n\nThe Tiled Prompt node "
+        "encode and 'DPIR VAE Decode' work in tiles only when the whole image does not fit in free memory (each "
+        "region once, feathered overlaps); the colour fix runs once on the stitched image.\n\nThe Tiled Prompt node "
         "draws the tile grid over the LQ image and redraws it as you change tile size/overlap, with the tile count "
         "and the memory per tile batch — check them before a long run." + FIDELITY)}, size=(520, 380))
     return g.ui()

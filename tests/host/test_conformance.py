@@ -101,8 +101,8 @@ def test_robust_vae_encode_and_decode_equal_diffusers(pack_nodes, diffusers_mode
     stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(_models_dir() / "vae" / "sd3_vae.safetensors")))
     vae = pack_nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
     image = torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(3))  # padded to 48×64 inside
-    latent, lq = pack_nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0)
-    decoded = pack_nodes["DPIRRobustVAEDecode"]().decode(latent, vae)[0]
+    latent, lq = pack_nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0)["result"]
+    decoded = pack_nodes["DPIRRobustVAEDecode"]().decode(latent, vae)["result"][0]
     assert lq.shape == image.shape and decoded.shape == image.shape
     ref = diffusers_models["vae"]
     padded = torch.nn.functional.pad(image.movedim(-1, 1), (0, 8, 0, 8), mode="replicate")

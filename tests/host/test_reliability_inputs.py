@@ -124,8 +124,7 @@ def test_thin_image_at_full_size_tiled_keeps_its_exact_size(server, object_info,
     api = api_of("dpir_restore_large", server, object_info, workflow_api, LoadImage={"image": "thin_full.png"},
                  DPIRRobustVAEEncode=KEEP, DPIRSamplerPatch={"steps": STEPS},
                  DPIRTiledPrompt={"tile_size": 1024, "tile_overlap": 128, "seam_shift": False})
-    decode = node_id(api, "VAEDecodeTiled")  # the untiled decode is cheaper at this size on the CPU
-    api[decode] = {"class_type": "VAEDecode", "inputs": {k: api[decode]["inputs"][k] for k in ("samples", "vae")}}
+    assert api[node_id(api, "DPIRVAEDecode")]["inputs"]["tiled_vae"] == "auto"  # whole image: it fits in RAM
     (image,) = saved_images(server, server.run(api, timeout=900))
     assert image.shape == (16, 1600, 3) and image.std() > 0
 
@@ -194,26 +193,30 @@ def test_image_layouts_and_non_finite_values(pack_nodes):
 
 
 class RecordingVAE:
-    """A 16-channel VAE stub: records which (tiled or not) calls the encode node makes, returns zeros."""
+    """A 16-channel VAE that records the calls the nodes make and returns zeros; ComfyUI's SD-family memory estimates
+    (comfy/sd.py) and a real ModelPatcher, so the nodes choose whole image or tiles as with a real VAE."""
     latent_channels = 16
+    downscale_ratio = 8
+    vae_dtype = torch.float32
 
     def __init__(self):
-        self.calls = []
+        import comfy.model_patcher
+
+        self.calls, self.device = [], torch.device("cpu")
+        self.patcher = comfy.model_patcher.ModelPatcher(torch.nn.Identity(), self.device, self.device)
+
+    def memory_used_encode(self, shape, dtype):
+        return 1767 * shape[2] * shape[3] * 4
+
+    def memory_used_decode(self, shape, dtype):
+        return 2178 * shape[2] * shape[3] * 64 * 4
 
     def encode(self, x):
         self.calls.append(("encode", tuple(x.shape)))
         return torch.zeros(x.shape[0], 16, x.shape[1] // 8, x.shape[2] // 8)
 
-    def encode_tiled(self, x, **kw):
-        self.calls.append(("encode_tiled", tuple(x.shape)))
-        return torch.zeros(x.shape[0], 16, x.shape[1] // 8, x.shape[2] // 8)
-
     def decode(self, z):
         self.calls.append(("decode", tuple(z.shape)))
-        return torch.zeros(z.shape[0], z.shape[2] * 8, z.shape[3] * 8, 3)
-
-    def decode_tiled(self, z, **kw):
-        self.calls.append(("decode_tiled", tuple(z.shape)))
         return torch.zeros(z.shape[0], z.shape[2] * 8, z.shape[3] * 8, 3)
 
 
@@ -225,19 +228,26 @@ def test_8k_size_handling_and_tile_plan_on_a_cheap_path(pack_nodes):
     # ×4 of a 1920×1081 photo (odd height): 7680×4324 px, padded to 7680×4336 for the VAE, cropped back
     vae = RecordingVAE()
     photo = torch.rand(1, 1081, 1920, 3)
-    latent, lq = encode(photo, vae, "upscale factor", 1024, 4.0, "auto")
-    decoded = decode(latent, vae, "auto")[0]
+    out = encode(photo, vae, "upscale factor", 1024, 4.0, "auto")
+    latent, lq = out["result"]
+    decoded = decode(latent, vae, "auto")["result"][0]
     assert lq.shape == (1, 4324, 7680, 3) and decoded.shape == (1, 4324, 7680, 3)
     assert latent["samples"].shape == (1, 16, 542, 960)
-    assert [c[0] for c in vae.calls] == ["encode_tiled", "decode_tiled"]  # auto: tiled above 2048² px
-    assert vae.calls[0][1] == (1, 4336, 7680, 3)
+    # auto: ComfyUI's estimate for 8K (235 GB encode, 290 GB decode in fp32) exceeds any RAM here: tiles, each region
+    # once (no three tilings), and the node says so
+    encodes = [c[1] for c in vae.calls if c[0] == "encode"]
+    decodes = [c[1] for c in vae.calls if c[0] == "decode"]
+    assert len(encodes) > 1 and len(decodes) > 1 and len(vae.calls) == len(encodes) + len(decodes)
+    assert sum(s[1] * s[2] for s in encodes) < 1.5 * 4336 * 7680
+    assert "tiles" in out["ui"]["text"][0] and "estimate" in out["ui"]["text"][0]
     assert torch.isfinite(lq).all() and lq.min() >= 0 and lq.max() <= 1
     # 'off' is respected; the untiled path at a small size is not tiled
     small = RecordingVAE()
-    decode(encode(torch.rand(1, 30, 40, 3), small, "keep size", 1024, 1.0, "auto")[0], small, "auto")
-    assert [c[0] for c in small.calls] == ["encode", "decode"]
+    small_out = encode(torch.rand(1, 30, 40, 3), small, "keep size", 1024, 1.0, "auto")
+    decode(small_out["result"][0], small, "auto")
+    assert [c[0] for c in small.calls] == ["encode", "decode"] and "whole image" in small_out["ui"]["text"][0]
     off = RecordingVAE()
-    decode(encode(photo, off, "upscale factor", 1024, 4.0, "off")[0], off, "off")
+    decode(encode(photo, off, "upscale factor", 1024, 4.0, "off")["result"][0], off, "off")
     assert [c[0] for c in off.calls] == ["encode", "decode"]
     # beyond 16384² the node refuses before allocating anything
     with pytest.raises(DPIRInputError, match="larger than 16384"):

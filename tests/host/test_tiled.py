@@ -133,12 +133,17 @@ def test_each_tile_is_conditioned_on_control_conv_of_its_own_crop_once_per_run(s
             # each distinct tile of the four plans once per run (shifted plans share their edge tiles); the
             # features are released at the end of a run, so the second run computes them again
             assert sum(crops) == len({t for p in tiles.plans for t in p})
-        # the whole-image-then-crop variant (before issue 16, kept for bench.py lq-tiles) runs no control_conv
+        # tiles with their own features never build the whole image's (issue 22: nothing whole-image is kept on
+        # the load device in tile mode)
+        injection = mod("lq_injection").injection_of(patched.model_options)
+        assert injection._features is None
+        # the whole-image-then-crop variant (before issue 16, kept for bench.py lq-tiles) builds them once, at its
+        # first use, from the whole LQ latent
         crops.clear()
         whole, guider_whole, _, one_step = nodes["DPIRSamplerPatch"]().patch(patched, positive, 1, 1.0, 3.0)
         ts.attach(whole, tiles, 1, lq_features="image")  # the guider samples this MODEL's options
         guider_whole.sample(torch.randn(z.shape, generator=g), torch.zeros_like(z), sampler, one_step, seed=0)
-        assert crops == []
+        assert crops == [1] and injection._features is not None
     finally:
         hook.remove()
 
@@ -282,3 +287,27 @@ def test_interrupt_stops_within_one_tile_batch(setup):
     comfy.model_management.interrupt_current_processing(False)
     out = sample(nodes, model, branch, z, positive, steps=1, tiles=tiles)  # and the next run works
     assert torch.isfinite(out).all()
+
+
+def test_global_tokens_once_per_image_and_each_crop_once(setup):
+    """Issue 22: no CLIP work repeated across tiles, plans or nodes. DPIR Visual Prompt and the Tiled Prompt read the
+    same IMAGE: the global crops go through the towers once; every distinct tile crop of the four plans once."""
+    nodes, _, _, clip1, clip2 = setup
+    image = smooth_image(512, 512)
+    seen = []
+    original = clip2.encode_image
+
+    def counting(pixels, crop=True):
+        seen.append(pixels.shape[0])
+        return original(pixels, crop=crop)
+
+    clip2.encode_image = counting
+    try:
+        nodes["DPIRVisualPrompt"]().encode(clip1, clip2, image)
+        n_global = len(mod("tiled_sampling").dp.global_tiles(512, 512))
+        assert sum(seen) == 1 + n_global  # the local image, then the global tiles
+        seen.clear()
+        tiles, _ = plan(nodes, clip1, clip2, image, 256, 64, shift=True)
+        assert sum(seen) == len({(t.top, t.left, t.height, t.width) for p in tiles.plans for t in p})
+    finally:
+        clip2.encode_image = original

@@ -1,10 +1,12 @@
 // The text a DPIR prompt node produced, shown on the node after a run: the captions of DPIR Caption (with the
 // warning when one was cut to fit T5's 256 tokens), the texts of DPIR Restoration Prompt, and the prompt DPIR T5
-// Text Prompt encoded (prefix + caption + suffix). Read-only; never saved with the workflow.
+// Text Prompt encoded (prefix + caption + suffix), and the
+// whole-image or tiled VAE pass the VAE nodes chose. Read-only; never saved with the workflow.
 import { app } from '../../../scripts/app.js'
 import { addPanel, el, ensureSize, extendMethod, register } from './dpir_dom.js'
 
-const NODES = ['DPIRCaption', 'DPIRRestorationPrompt', 'DPIRT5TextPrompt']
+const NODES = ['DPIRCaption', 'DPIRRestorationPrompt', 'DPIRT5TextPrompt', 'DPIRRobustVAEEncode', 'DPIRRobustVAEDecode',
+  'DPIRVAEDecode']
 
 function show(node, message) {
   const texts = [].concat(message?.text ?? [])

@@ -177,7 +177,13 @@ class TileOverlay {
     return `${n} tile${n === 1 ? '' : 's'} (${plan.rows} × ${plan.cols}) · ${plan.tile * 8} px, overlap ${plan.overlap * 8} px` +
       ` · LQ ${source.w}×${source.h} (${from})\n` +
       `${batch} → ${memory.callsPerStep} model call${memory.callsPerStep === 1 ? '' : 's'} per step` +
-      ` · ≈ ${fmtMiB(memory.mib)} per call (${memory.tilesPerCall} tile${memory.tilesPerCall === 1 ? '' : 's'}${cfg}) + weights`
+      ` · ≈ ${fmtMiB(memory.mib)} per call (${memory.tilesPerCall} tile${memory.tilesPerCall === 1 ? '' : 's'}${cfg}) + weights` +
+      (this.vaeChoice() ? `\n${this.vaeChoice()}` : '')
+  }
+
+  // what the upstream DPIR Robust VAE Encode chose in its last run (whole image or tiles: dpir_text.js shows it)
+  vaeChoice() {
+    return inputNode(this.node, 'lq_image')?.dpirText?.body?.textContent ?? ''
   }
 
   render() {

@@ -1,0 +1,154 @@
+"""One-pass tiled VAE for ComfyUI VAEs, tiled only when ComfyUI's own memory estimate says the whole image does not fit.
+
+The choice: the VAE's ``memory_used_encode`` / ``memory_used_decode`` for the whole batch against
+``model_management.get_free_memory`` of the VAE's device (VRAM on CUDA, RAM on the CPU) once the VAE's weights
+are loaded, times ``MARGIN``. Above it the image is cut into the largest square tiles whose estimate fits
+(``models.tiled_vae.largest_tile``), each encoded/decoded once with ``VAE.encode``/``VAE.decode`` and blended with
+feathered overlaps (``models.tiled_vae``). ``VAEChoice.text`` says what was chosen and why.
+"""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from ..models import tiled_vae as tv
+from ..models.errors import DPIRInputError
+
+TILED_VAE = ("auto", "on", "off")
+MARGIN = 0.8  # of the free memory: ComfyUI's estimate is per image; leave room for the output and the blend
+OVERLAP = 64  # px between neighbouring tiles (8 latent px for SD3): the ramp of the feathered blend
+TILE = 1024  # px, tiles for 'on'
+TOOLTIP = ("'auto': tile only when ComfyUI's memory estimate for the whole image exceeds the free memory of the VAE's "
+           "device (VRAM on a GPU, RAM on the CPU), in the largest tiles that fit; each region is processed once and "
+           "tiles blend over {overlap} px. 'on': {tile} px tiles. 'off': whole image. The choice made is logged, "
+           "shown on the node after a run and in the tile overlay of 'DPIR Tiled Global-Local Prompt'.")
+TOOLTIP = TOOLTIP.format(overlap=OVERLAP, tile=TILE)
+
+
+class VAEChoice(NamedTuple):
+    plan: tv.Plan
+    tile_px: int | None  # None: whole image
+    estimate: float  # bytes, ComfyUI's estimate for the whole image
+    free: float  # bytes free on the VAE's device when chosen
+    text: str
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.1f} GiB"
+
+
+def scale_of(vae) -> int:
+    """The VAE's spatial ratio (8 for SD3); only image VAEs with one integer ratio tile here."""
+    ratio = getattr(vae, "downscale_ratio", 8)
+    if not isinstance(ratio, int):
+        raise DPIRInputError("this VAE is not an image VAE with one spatial ratio (a video or audio VAE?); use "
+                             "ComfyUI's VAE Decode/Encode nodes for it")
+    return ratio
+
+
+def choose(vae, mode: str, shape, kind: str, tile_px: int = TILE, overlap_px: int = OVERLAP) -> VAEChoice:
+    """Whole image or tiles for an encode (``shape`` = pixels (B, H, W, C)) or decode (latent (B, C, h, w))."""
+    if mode not in TILED_VAE:
+        raise DPIRInputError(f"tiled_vae must be one of {TILED_VAE}, got {mode!r}")
+    scale = scale_of(vae)
+    if kind == "encode":
+        b, h, w = shape[0], shape[1] // scale, shape[2] // scale
+        estimate_of = lambda th, tw: vae.memory_used_encode((b, 3, th * scale, tw * scale), vae.vae_dtype)  # noqa: E731
+    else:
+        b, h, w = shape[0], shape[2], shape[3]
+        estimate_of = lambda th, tw: vae.memory_used_decode((b, shape[1], th, tw), vae.vae_dtype)  # noqa: E731
+    overlap = max(0, overlap_px // scale)
+    estimate = float(estimate_of(h, w))
+    whole = tv.plan(h, w, max(h, w), 0)
+    if mode == "off":
+        return VAEChoice(whole, None, estimate, 0.0, f"VAE {kind}: whole image (tiled_vae off)")
+    if mode == "on":
+        tile = max(overlap + 1, tile_px // scale)
+        p = tv.plan(h, w, tile, overlap)
+        return VAEChoice(p, tile * scale, estimate, 0.0,
+                         f"VAE {kind}: {p.count} tiles of up to {tile * scale} px (tiled_vae on)")
+    # weights first, so the free memory is what the activations get (ComfyUI's own VAE.encode/decode order)
+    comfy.model_management.load_models_gpu([vae.patcher])
+    free = float(comfy.model_management.get_free_memory(vae.device))
+    budget = free * MARGIN
+    if estimate <= budget:
+        return VAEChoice(whole, None, estimate, free, f"VAE {kind}: whole image (ComfyUI's estimate {_gib(estimate)} "
+                         f"fits in {_gib(free)} free × {MARGIN})")
+    tile = tv.largest_tile(lambda t: estimate_of(t, t) <= budget, max(h, w), minimum=max(32, 2 * overlap + 8))
+    tile = max(tile, overlap + 1)
+    p = tv.plan(h, w, tile, overlap)
+    if not p.tiled:  # the largest tile that fits covers the whole image: the estimate is not linear in its area
+        return VAEChoice(p, None, estimate, free, f"VAE {kind}: whole image")
+    return VAEChoice(p, tile * scale, estimate, free,
+                     f"VAE {kind}: {p.count} tiles of up to {tile * scale} px (ComfyUI's estimate for the whole image "
+                     f"{_gib(estimate)} > {_gib(free)} free × {MARGIN})")
+
+
+def decode(vae, z: torch.Tensor, mode: str = "auto", tile_px: int = TILE, overlap_px: int = OVERLAP):
+    """(images (B, H, W, C), VAEChoice) for latent ``z`` (B, C, h, w)."""
+    c = choose(vae, mode, tuple(z.shape), "decode", tile_px, overlap_px)
+    logging.info("ComfyUI-DPIR: %s", c.text)
+    if not c.plan.tiled:
+        return vae.decode(z), c
+    pbar = comfy.utils.ProgressBar(c.plan.count)
+
+    def one(tile):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return vae.decode(tile)
+    return tv.tiled_decode(z, one, c.plan, scale_of(vae), lambda: pbar.update(1)), c
+
+
+def encode(vae, pixels: torch.Tensor, mode: str = "auto", tile_px: int = TILE, overlap_px: int = OVERLAP):
+    """(latent (B, C, H/8, W/8), VAEChoice) for images ``pixels`` (B, H, W, C); H and W are cropped to
+    multiples of the VAE's ratio, as ComfyUI's encode does."""
+    scale = scale_of(vae)
+    h, w = pixels.shape[1] // scale * scale, pixels.shape[2] // scale * scale
+    if h < scale or w < scale:
+        raise DPIRInputError(f"an image of {pixels.shape[2]}×{pixels.shape[1]} px is too small for the VAE "
+                             f"(at least {scale} px a side)")
+    pixels = pixels[:, :h, :w]
+    c = choose(vae, mode, tuple(pixels.shape), "encode", tile_px, overlap_px)
+    logging.info("ComfyUI-DPIR: %s", c.text)
+    if not c.plan.tiled:
+        return vae.encode(pixels), c
+    pbar = comfy.utils.ProgressBar(c.plan.count)
+
+    def one(tile):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return vae.encode(tile)
+    return tv.tiled_encode(pixels, one, c.plan, scale, lambda: pbar.update(1)), c
+
+
+class DPIRVAEDecode:
+    DESCRIPTION = ("VAE Decode for large images: the whole image when it fits in memory (ComfyUI's own estimate "
+                   "against the free VRAM, or RAM on the CPU), otherwise the largest tiles that fit, each region "
+                   "decoded once and blended over feathered overlaps — about a third of the work of the core "
+                   "'VAE Decode (Tiled)', which decodes three tilings and averages them. Any image VAE.")
+    CATEGORY = "DPIR"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "samples": ("LATENT",),
+            "vae": ("VAE",),
+        }, "optional": {
+            "tiled_vae": (list(TILED_VAE), {"default": "auto", "tooltip": TOOLTIP}),
+        }}
+
+    def decode(self, samples, vae, tiled_vae="auto"):
+        z = samples.get("samples") if isinstance(samples, dict) else None
+        if not isinstance(z, torch.Tensor) or z.ndim != 4:
+            raise DPIRInputError("'samples' must be an image LATENT (batch, channels, height, width) from a sampler")
+        images, choice = decode(vae, z, tiled_vae)
+        return {"ui": {"text": [choice.text]}, "result": (images,)}
+
+
+NODE_CLASS_MAPPINGS = {"DPIRVAEDecode": DPIRVAEDecode}
+NODE_DISPLAY_NAME_MAPPINGS = {"DPIRVAEDecode": "DPIR VAE Decode (one-pass tiles)"}
