@@ -34,7 +34,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_NAME = "ComfyUI-DPIR"
 DEFAULT_HOST = Path("~/comfy/ComfyUI")  # where comfy-cli installs it
-STARTUP_TIMEOUT = 120.0
+STARTUP_TIMEOUT = 300.0  # a shared, busy CPU can take minutes to start one
 
 
 # ---------------------------------------------------------------- finding the host
