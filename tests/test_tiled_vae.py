@@ -12,10 +12,11 @@ from dpir_pack.models import tiled_vae as tv
 from dpir_pack.models.errors import DPIRInputError
 
 # tiny diffusers VAE (random weights), latent 40×56 in 16-latent-px tiles with 4 px overlap (15 tiles), vs the whole
-# image; measured 17.2 dB, mean abs 0.104 (random weights: each tile's GroupNorm statistics differ from the image's)
+# image; measured 17.2 dB, mean abs 0.104, encode relative L2 0.486 (random weights: each tile's GroupNorm statistics
+# differ from the whole image's)
 TINY_DECODE_PSNR_DB = 15.0
 TINY_DECODE_MEAN = 0.13
-TINY_ENCODE_REL = 0.5
+TINY_ENCODE_REL = 0.6
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(1, 8, 0), (8, 8, 2), (9, 8, 2), (256, 128, 8), (257, 128, 8),
