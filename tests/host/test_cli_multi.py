@@ -123,7 +123,7 @@ def test_a_server_killed_mid_batch_hands_its_image_to_the_others(servers, tmp_pa
     out, log = tmp_path / "restored", tmp_path / "cli.log"
     writes = Writes(out)
     proc = start_cli(src, "-o", out, "--server", a.url, "--server", b.url, "--server", c.url,
-                     "--server-timeout", "30", *SETTINGS, log=log)
+                     "--server-timeout", "300", *SETTINGS, log=log)  # the kill closes the websocket: no timeout needed
     wait_running(a, proc)
     os.kill(a.proc.pid, signal.SIGKILL)  # it holds an image: nothing of it can come back now
     a.proc.wait(timeout=30)
