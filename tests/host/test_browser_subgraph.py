@@ -18,27 +18,18 @@ without one the module is skipped, loudly. Checked on 1.58.1.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 import tiny_models as tm
 from host.comfy_harness import load_workflow_api
+from host.frontends import CONFIGURATIONS
 from host.test_browser import SPEC, Page, _skip, browser, chromium_path, synthetic_photo  # noqa: F401
 
-def _frontend_root() -> Path:
-    """$DPIR_NEWEST_FRONTEND (the unpacked wheel's static/ folder, or a folder holding it; what .ci/run fills),
-    else the 1.58.1 wheel unpacked under ~/comfy/frontends."""
-    env = os.environ.get("DPIR_NEWEST_FRONTEND")
-    base = Path(env or "~/comfy/frontends/fe-1.58.1").expanduser()
-    for p in (base, base / "static", base / "comfyui_frontend_package" / "static"):
-        if (p / "index.html").is_file():
-            return p
-    return base
-
-
-FRONTEND_ROOT = _frontend_root()
+# the newest frontend (DPIR_NEWEST_FRONTEND, or the newest unpacked under ~/comfy/frontends: tests/host/frontends.py),
+# classic canvas: subgraphs are a 1.5x feature
+NEWEST = next(c for c in CONFIGURATIONS if c.name == "newest-classic")
 # the nodes an artist leaves outside: the photo, the model loaders, the output, the notes
 OUTSIDE = ("LoadImage", "SaveImage", "PreviewImage", "DPIRModelLoader", "VAELoader", "DPIRRobustVAELoader",
            "DPIRCLIPVisionLoader", "CLIPLoader", "MarkdownNote")
@@ -46,8 +37,8 @@ OUTSIDE = ("LoadImage", "SaveImage", "PreviewImage", "DPIRModelLoader", "VAELoad
 
 @pytest.fixture(scope="module")
 def server(start_server, tmp_path_factory):
-    if not (FRONTEND_ROOT / "index.html").is_file():
-        _skip(f"no unpacked frontend at {FRONTEND_ROOT} (set DPIR_NEWEST_FRONTEND to the static/ folder of an "
+    if not NEWEST.available:
+        _skip(f"no newest frontend: {NEWEST.reason} (set DPIR_NEWEST_FRONTEND to the static/ folder of an "
               "unpacked comfyui-frontend-package wheel, 1.58.1 or newer)")
     root = tmp_path_factory.mktemp("dpir_subgraph_models")
     tm.write_transformer_folder(root / "dpir" / "transformer", SPEC)
@@ -63,14 +54,14 @@ def server(start_server, tmp_path_factory):
         synthetic_photo(*size, seed=seed).save(root / name)
         inputs[name] = root / name
     paths = {"dpir_browser": {"base_path": str(root), "dpir": "dpir", "vae": "vae", "clip_vision": "clip_vision"}}
-    return start_server(inputs=inputs, extra_model_paths=paths, extra_args=["--front-end-root", str(FRONTEND_ROOT)])
+    return start_server(inputs=inputs, extra_model_paths=paths, extra_args=NEWEST.server_args)
 
 
 class SubgraphPage(Page):
     """Page helpers that address nodes of the graph the canvas shows (the root graph or an opened subgraph)."""
 
     def __init__(self, browser, srv):
-        super().__init__(browser, srv)
+        super().__init__(browser, srv, NEWEST)
         # what the frontend sends to /prompt (the API prompt and the workflow that goes with it)
         self.page.evaluate("""() => {
             const api = window.comfyAPI.api.api
@@ -121,7 +112,7 @@ class SubgraphPage(Page):
         }""", [node_id, scale])
         self.page.wait_for_timeout(400)
 
-    def node_box(self, node_id, pad=8):
+    def node_box(self, node_id, pad=8, dom=False):  # classic canvas: no Vue element to measure (dom unused)
         return self.page.evaluate("""([id, pad]) => {
             const n = app.canvas.graph.getNodeById(id); const ds = app.canvas.ds
             const r = app.canvas.canvas.getBoundingClientRect(); const title = LiteGraph.NODE_TITLE_HEIGHT
