@@ -312,7 +312,7 @@ def step_caches(nodes, loaded, image, steps, reps, device, threshold) -> dict:
     from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
 
     model, branch, vae, clip1, clip2 = loaded
-    latent, lq = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0, "auto")
+    latent, lq = nodes["DPIRRobustVAEEncode"]().encode(image, vae, "keep size", 1024, 1.0, "auto")["result"]
     visual = nodes["DPIRVisualPrompt"]().encode(clip1, clip2, lq)[0]
     text = nodes["DPIRT5TextPrompt"]().encode("", t5_embedding="prompt.safetensors")["result"][0]
     positive, _ = nodes["DPIRDualPrompt"]().combine(visual, text)
