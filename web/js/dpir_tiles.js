@@ -183,7 +183,9 @@ class TileOverlay {
 
   // what the upstream DPIR Robust VAE Encode chose in its last run (whole image or tiles: dpir_text.js shows it)
   vaeChoice() {
-    return inputNode(this.node, 'lq_image')?.dpirText?.body?.textContent ?? ''
+    // dpirText: the text panel dpir_text.js puts on the VAE nodes (not a frontend property)
+    const encode = /** @type {any} */ (inputNode(this.node, 'lq_image'))
+    return encode?.dpirText?.body?.textContent ?? ''
   }
 
   render() {
