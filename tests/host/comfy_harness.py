@@ -360,6 +360,9 @@ class Server:
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         """POST /free: unload models / free memory after the current prompt."""
         self.post("/free", {"unload_models": unload_models, "free_memory": free_memory})
+        # ComfyUI's prompt worker reads these flags when it wakes from its queue wait; a prompt posted before that
+        # (a busy CPU) runs first and still sees the old cache. No API tells when they were consumed: give it time.
+        time.sleep(2.0)
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """GET /view: the bytes of an output/input/temp file."""
