@@ -40,16 +40,16 @@ class CONDTokenGrid(comfy.conds.CONDRegular):
 
 class CONDTileOwned(CONDTokenGrid):
     """Stands for the whole image's LQ features in tiled sampling with per-tile features: every tile replaces it
-    with its own (``TiledCondBatch``), so the whole image's are never built. Holds no tensor but its size."""
+    with its own (``TiledCondBatch``), so the whole image's are normally never built. Holds no tensor but its size.
+    Only a pass over the whole latent outside the tile hook (core SkipLayerGuidanceSD3's extra pass calls
+    ``calc_cond_batch`` itself) asks for them: ``whole`` builds them then."""
 
-    def __init__(self, shape):
+    def __init__(self, shape, whole):
         super().__init__(torch.empty(0))
-        self.shape = tuple(shape)
+        self.shape, self.whole = tuple(shape), whole
 
     def process_cond(self, batch_size, area, **kwargs):
-        raise DPIRInputError("the DPIR LQ condition was prepared for tiled sampling but reached the model untiled: "
-                             "wire 'tiles' of 'DPIR Tiled Global-Local Prompt' into the same 'DPIR Sampler Patch' "
-                             "that samples this model")
+        return CONDTokenGrid(self.whole()).process_cond(batch_size, area, **kwargs)
 
 
 def branch_features(branch, z: torch.Tensor, device, compute) -> torch.Tensor:
@@ -164,7 +164,7 @@ class LQInjection:
         tiled = guider.model_options.get("sampler_calc_cond_batch_function")
         if getattr(tiled, "own_lq_features", False):  # every tile brings its own: nothing whole-image is built
             b, rows, cols = self.token_shape()
-            grid = CONDTileOwned((b, self.branch.hidden, rows, cols))
+            grid = CONDTileOwned((b, self.branch.hidden, rows, cols), lambda: self.features)
         else:
             grid = CONDTokenGrid(self.features)
         for name, conds in guider.conds.items():
