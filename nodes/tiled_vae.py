@@ -89,18 +89,24 @@ def choose(vae, mode: str, shape, kind: str, tile_px: int = TILE, overlap_px: in
                      f"{_gib(estimate)} > {_gib(free)} free × {MARGIN})")
 
 
-def decode(vae, z: torch.Tensor, mode: str = "auto", tile_px: int = TILE, overlap_px: int = OVERLAP):
-    """(images (B, H, W, C), VAEChoice) for latent ``z`` (B, C, h, w)."""
-    c = choose(vae, mode, tuple(z.shape), "decode", tile_px, overlap_px)
+def _one_pass(c, run, tiled, x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``run`` on the whole of ``x`` when the choice ``c`` says so, else on each of its tiles once (``tiled``
+    blends them), with ComfyUI's progress bar and interrupts."""
     logging.info("ComfyUI-DPIR: %s", c.text)
     if not c.plan.tiled:
-        return vae.decode(z), c
+        return run(x)
     pbar = comfy.utils.ProgressBar(c.plan.count)
 
     def one(tile):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        return vae.decode(tile)
-    return tv.tiled_decode(z, one, c.plan, scale_of(vae), lambda: pbar.update(1)), c
+        return run(tile)
+    return tiled(x, one, c.plan, scale, lambda: pbar.update(1))
+
+
+def decode(vae, z: torch.Tensor, mode: str = "auto", tile_px: int = TILE, overlap_px: int = OVERLAP):
+    """(images (B, H, W, C), VAEChoice) for latent ``z`` (B, C, h, w)."""
+    c = choose(vae, mode, tuple(z.shape), "decode", tile_px, overlap_px)
+    return _one_pass(c, vae.decode, tv.tiled_decode, z, scale_of(vae)), c
 
 
 def encode(vae, pixels: torch.Tensor, mode: str = "auto", tile_px: int = TILE, overlap_px: int = OVERLAP):
@@ -113,15 +119,7 @@ def encode(vae, pixels: torch.Tensor, mode: str = "auto", tile_px: int = TILE, o
                              f"(at least {scale} px a side)")
     pixels = pixels[:, :h, :w]
     c = choose(vae, mode, tuple(pixels.shape), "encode", tile_px, overlap_px)
-    logging.info("ComfyUI-DPIR: %s", c.text)
-    if not c.plan.tiled:
-        return vae.encode(pixels), c
-    pbar = comfy.utils.ProgressBar(c.plan.count)
-
-    def one(tile):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        return vae.encode(tile)
-    return tv.tiled_encode(pixels, one, c.plan, scale, lambda: pbar.update(1)), c
+    return _one_pass(c, vae.encode, tv.tiled_encode, pixels, scale), c
 
 
 class DPIRVAEDecode:
