@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-import tiny_models as tm
 from host.comfy_harness import load_workflow_api
 from host.frontends import CONFIGURATIONS
-from host.test_browser import SPEC, Page, _skip, browser, chromium_path, synthetic_photo  # noqa: F401
+from host.test_browser import Page, _skip, browser, browser_files, chromium_path  # noqa: F401
 
 # the newest frontend (DPIR_NEWEST_FRONTEND, or the newest unpacked under ~/comfy/frontends: tests/host/frontends.py),
 # classic canvas: subgraphs are a 1.5x feature
@@ -36,24 +35,11 @@ OUTSIDE = ("LoadImage", "SaveImage", "PreviewImage", "DPIRModelLoader", "VAELoad
 
 
 @pytest.fixture(scope="module")
-def server(start_server, tmp_path_factory):
+def server(start_server, browser_files):  # noqa: F811
     if not NEWEST.available:
         _skip(f"no newest frontend: {NEWEST.reason} (set DPIR_NEWEST_FRONTEND to the static/ folder of an "
               "unpacked comfyui-frontend-package wheel, 1.58.1 or newer)")
-    root = tmp_path_factory.mktemp("dpir_subgraph_models")
-    tm.write_transformer_folder(root / "dpir" / "transformer", SPEC)
-    tm.write_vae_folder(root / "dpir" / "robust_vae", SPEC, robust=True, full=True)
-    tm.write_t5_embedding(root / "dpir" / "prompt.safetensors", SPEC, prompt="a sharp photo")
-    tm.write_vae_file(root / "vae" / "sd3_vae.safetensors", SPEC, full=True)
-    for which, name in ((1, "clip_vit_b32"), (2, "clip_vision_g")):
-        tm.write_clip_vision_file(root / "clip_vision" / f"{name}.safetensors", SPEC, which=which)
-        (root / "clip_vision" / f"{name}.json").write_text(tm.clip_vision_config(SPEC, which).to_json_string())
-    inputs = {}
-    for name, size, seed in (("photo.png", (80, 60), 0), ("tiles_demo.png", (160, 120), 1),
-                             ("strip.png", (68, 12), 2)):
-        synthetic_photo(*size, seed=seed).save(root / name)
-        inputs[name] = root / name
-    paths = {"dpir_browser": {"base_path": str(root), "dpir": "dpir", "vae": "vae", "clip_vision": "clip_vision"}}
+    inputs, paths = browser_files  # the browser suite's tiny models and pictures, written once per session
     return start_server(inputs=inputs, extra_model_paths=paths, extra_args=NEWEST.server_args)
 
 
