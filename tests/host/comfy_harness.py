@@ -107,6 +107,11 @@ def copy_host(src: Path, dest: Path) -> Path:
     return dest
 
 
+def pack_module(name: str):
+    """The pack's ``nodes.<name>`` module as the running (in-process) host imported it."""
+    return sys.modules[f"{PACK_NAME}.nodes.{name}"]
+
+
 def host_device() -> str:
     """Where the host tests run ComfyUI: $DPIR_TEST_DEVICE ('cpu' or 'cuda') when set, else 'cuda' when torch
     finds a GPU, else 'cpu'."""

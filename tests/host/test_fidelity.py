@@ -20,14 +20,13 @@ import pytest
 import torch
 
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME, host_device, load_compat, load_workflow_api
+from host.comfy_harness import PACK_NAME, host_device, load_compat, load_workflow_api, pack_module
 from host.dpir_env import PHOTO, PROMPT_EMBEDDING, api_of, write_photo
 
 SPEC = tm.TinySpec()
 
 
-def mod(name):
-    return sys.modules[f"{PACK_NAME}.nodes.{name}"]
+mod = pack_module
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,17 @@
 """Tiled global-local sampling inside ComfyUI (CPU, or the GPU as tests/host/conftest.py says; tiny models)."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
 
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME, host_device
+from host.comfy_harness import host_device, pack_module
 
 SPEC = tm.TinySpec()
 
 
-def mod(name):
-    return sys.modules[f"{PACK_NAME}.nodes.{name}"]
+mod = pack_module
 
 
 @pytest.fixture(scope="module")
