@@ -292,12 +292,20 @@ def build_prompt(ui: dict, object_info: dict, args, image_name: str, models: dic
             if args.t5_embedding:
                 inputs["t5_embedding"] = args.t5_embedding
                 inputs.pop("clip", None)
+        elif c == "PreviewImage":  # a view for the canvas (the tile overlay): not the result, not worth running
+            del api[nid]
         elif c == "SaveImage":  # the result comes back through /view; nothing stays in ComfyUI's output folder
             node["class_type"], node["inputs"] = "PreviewImage", {"images": inputs["images"]}
     if args.t5_embedding:
         for nid in [k for k, v in api.items() if v["class_type"] == "CLIPLoader"]:
             del api[nid]
     return api
+
+
+def result_nodes(api: dict) -> list[str]:
+    """The prompt's image outputs: the workflow's SaveImage nodes (build_prompt turned them into PreviewImage and
+    dropped the workflow's own previews, which the server may list first)."""
+    return [nid for nid, node in api.items() if node["class_type"] == "PreviewImage"]
 
 
 def used_models(api: dict) -> dict[str, str]:
@@ -762,7 +770,8 @@ class Worker:
                                  + "\n".join(lines)) from None
             raise ServerDown(f"ComfyUI refused the prompt: {json.dumps(e.body)[:3000]}") from None
         err = execution_error(entry)
-        images = [i for o in (entry.get("outputs") or {}).values() for i in o.get("images") or []]
+        outputs = entry.get("outputs") or {}
+        images = [i for nid in result_nodes(api) for i in (outputs.get(nid) or {}).get("images") or []]
         if err is None and not images:
             err = "the workflow gave no image"
         if err is not None:

@@ -36,6 +36,9 @@ def test_autoprompt_workflow_shows_the_caption(page, server, tmp_path):  # noqa:
         return i && i.link != null ? app.graph.links[i.link]?.origin_id ?? app.graph.links.get?.(i.link)?.origin_id : null
     }""", t5)
     assert linked == caption  # the caption feeds the T5 prompt's text widget
+    # the server is shared by the classic and Nodes 2.0 pages: without this the second page's run finds the caption
+    # in ComfyUI's cache, and a cached node that is not an output node gets no 'executed' event to show it
+    server.free()
     entry = page.run(timeout=600)
     captions = entry["outputs"][str(caption)]["text"]
     assert len(captions) == 1 and captions[0]

@@ -197,3 +197,19 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert name == "scan16.png" and size == (40, 30) and rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
     assert np.abs(rgb[..., 0] - grey16 / 65535 * 255).max() <= 0.5 + 1e-9
     assert (rgb[..., 0] == rgb[..., 2]).all() and rgb.std() > 10  # grey with detail, not a flat white
+
+
+@pytest.mark.parametrize("workflow", ["restore", "large", "block"])
+def test_the_prompt_has_one_image_output_the_restored_photo(workflow, object_info):
+    """The CLI saves the first image ComfyUI returns, so the prompt must hold exactly one image output, the
+    colour-fixed result: the large workflow's tile-overlay preview once came back first (in whichever order
+    the server listed its outputs) and was saved as the restored photo."""
+    from argparse import Namespace
+
+    cli = _cli_module()
+    args = Namespace(scale=None, long_side=72, steps=2, cfg=1.0, seed=3, prompt="a photo", t5_embedding=None)
+    api = cli.build_prompt(cli.shipped_workflow(cli.WORKFLOWS[workflow]), object_info, args, "photo.png", {})
+    images = [nid for nid, n in api.items() if "images" in n["inputs"] and object_info[n["class_type"]]["output_node"]]
+    assert images == cli.result_nodes(api) and len(images) == 1, images
+    source = api[images[0]]["inputs"]["images"][0]
+    assert api[source]["class_type"] == "DPIRColourFix"
