@@ -334,7 +334,7 @@ def dpir_restore_subgraph(info):
     sample = sg.add("SamplerCustomAdvanced", (720, 600), {}, {
         "noise": (noise, 0), "guider": (patch, 1), "sampler": (patch, 2), "sigmas": (patch, 3),
         "latent_image": (encode, 0)})
-    decode = sg.add("VAEDecodeTiled", (1080, 600), {"tile_size": 1024, "overlap": 64}, {"samples": (sample, 0)})
+    decode = sg.add("DPIRVAEDecode", (1080, 600), {"tiled_vae": "auto"}, {"samples": (sample, 0)})
     fix = sg.add("DPIRColourFix", (1500, 0), {}, {"image": (decode, 0), "lq_image": (encode, 1)}, size=(360, 420))
     sg.input("image", "IMAGE", [(encode, "image")])
     sg.input("model", "MODEL", [(lq, "model")])
@@ -355,8 +355,8 @@ def dpir_restore_subgraph(info):
     g.add("SaveImage", (1180, 0), {"filename_prefix": "dpir_restore"}, {"images": (host, 0)}, size=(400, 400))
     g.add("MarkdownNote", (760, 420), {"text": (
         "## DPIR Restore (one block)\nThe whole DPIR chain of `dpir_restore_large` in one subgraph: robust VAE "
-        "encode, visual + T5 dual prompt, tiled global-local prompt, LQ condition, sampler patch, tiled VAE decode, "
-        "colour fix. Its knobs are on the block: **tile_size** (px per tile; 1024 = the training crop), **steps** "
+        "encode, visual + T5 dual prompt, tiled global-local prompt, LQ condition, sampler patch, one-pass tiled VAE "
+        "decode, colour fix. Its knobs are on the block: **tile_size** (px per tile; 1024 = the training crop), **steps** "
         "(28 official) and the colour fix **method**. The LQ photo is resized to a long side of 1024 px inside.\n\n"
         "Open the block (the icon at its top right) to see the tile overlay on 'DPIR Tiled Global-Local Prompt' and, "
         "after a run, the before/after view on 'DPIR Colour Fix'.")}, size=(400, 300))
