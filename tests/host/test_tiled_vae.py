@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from .comfy_harness import PACK_NAME
+from .dpir_env import PHOTO, api_of, node_id, saved_images, write_photo
 
 # one pass vs the untiled decode, 384×512 px in 256 px tiles with 64 px overlap (6 tiles), random weights:
 # measured max 0.339, mean 0.0456, 24.1 dB (docs/large-images.md)
@@ -17,6 +19,9 @@ DECODE_MEAN = 0.06
 # encode, 256×384 px in 128 px tiles with 64 px overlap: relative L2 of the latent (the tiny VAE's 15-tile encode
 # measured 0.486; misplaced or unnormalised tiles give > 1)
 ENCODE_REL = 0.8
+# the large workflow (tiny DiT, SD3 VAE architecture), 1088×816 px after the colour fix: one pass in 1024 px tiles vs
+# the whole image and vs the old three tilings measured 39.1 / 39.1 dB, the shipped 'auto' vs the old 42.2 dB
+WORKFLOW_PSNR_DB = 35.0
 
 
 def pack_module(name):
@@ -74,3 +79,39 @@ def test_one_pass_encode_seams_and_the_choice_by_memory(pack_nodes, vae):
     out = pack_nodes["DPIRVAEDecode"]().decode({"samples": whole[:, :, :8, :8]}, vae, "auto")
     torch.testing.assert_close(out["result"][0], vae.decode(whole[:, :, :8, :8]), rtol=0, atol=0)
     assert out["ui"]["text"][0].startswith("VAE decode: whole image")
+
+
+def test_large_workflow_one_pass_decode_against_three_tilings(dpir_server, object_info, workflow_api, tmp_path):
+    """The shipped large workflow decodes with DPIR VAE Decode; before, it used the core 'VAE Decode (Tiled)'
+    (three tilings averaged, 1024 px tiles, 64 px overlap). One prompt, one sampled latent of a 1088×816 px result
+    (tiny DiT, SD3 VAE architecture), each decode followed by the workflow's colour fix: the shipped node ('auto':
+    the whole image when it fits in RAM), the same forced to 1024 px tiles ('on': 2 × 1 windows) and the old core
+    node. The one pass stays within the stated bound of the untiled image and of the old output."""
+    dpir_server.add_input(write_photo(tmp_path / PHOTO))
+    api = api_of("dpir_restore_large", dpir_server, object_info, workflow_api,
+                 DPIRRobustVAEEncode={"resize": "long side", "long_side": 1088}, DPIRSamplerPatch={"steps": 2})
+    decode, save = node_id(api, "DPIRVAEDecode"), node_id(api, "SaveImage")
+    assert api[decode]["inputs"]["tiled_vae"] == "auto"
+    fix = api[node_id(api, "DPIRColourFix")]
+    variants = {"on": ("DPIRVAEDecode", {"tiled_vae": "on"}),
+                "three": ("VAEDecodeTiled", {"tile_size": 1024, "overlap": 64, "temporal_size": 64,
+                                             "temporal_overlap": 8})}
+    for i, (cls, inputs) in enumerate(variants.values()):
+        api[f"{900 + i}"] = {"class_type": cls, "inputs": {**inputs, "samples": api[decode]["inputs"]["samples"],
+                                                           "vae": api[decode]["inputs"]["vae"]}}
+        api[f"{910 + i}"] = {"class_type": "DPIRColourFix", "inputs": {**fix["inputs"], "image": [f"{900 + i}", 0]}}
+        api[f"{920 + i}"] = {"class_type": "SaveImage",
+                             "inputs": {"images": [f"{910 + i}", 0], "filename_prefix": f"decode_{i}"}}
+    entry = dpir_server.run(api, timeout=900)
+
+    def image(nid):
+        return saved_images(dpir_server, entry, node_id=nid)[0].astype(np.float64) / 255
+
+    out = {"shipped": image(save), **{name: image(f"{920 + i}") for i, name in enumerate(variants)}}
+    assert out["shipped"].shape == (816, 1088, 3)
+    print(f"shipped decode node: {entry['outputs'][decode]['text'][0]}")  # whole image unless RAM is short
+    assert entry["outputs"]["900"]["text"][0].startswith("VAE decode: 2 tiles")
+    for a, b in (("on", "shipped"), ("on", "three"), ("shipped", "three")):
+        db = psnr(out[a], out[b])
+        print(f"large workflow, {a} vs {b}: PSNR {db:.1f} dB, max abs {np.abs(out[a] - out[b]).max():.3f}")
+        assert math.isfinite(db) and db > WORKFLOW_PSNR_DB, (a, b, db)
