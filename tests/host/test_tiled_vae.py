@@ -114,4 +114,4 @@ def test_large_workflow_one_pass_decode_against_three_tilings(dpir_server, objec
     for a, b in (("on", "shipped"), ("on", "three"), ("shipped", "three")):
         db = psnr(out[a], out[b])
         print(f"large workflow, {a} vs {b}: PSNR {db:.1f} dB, max abs {np.abs(out[a] - out[b]).max():.3f}")
-        assert math.isfinite(db) and db > WORKFLOW_PSNR_DB, (a, b, db)
+        assert db > WORKFLOW_PSNR_DB, (a, b, db)  # inf: the same pixels ('auto' may pick these tiles when RAM is short)
