@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench  # noqa: E402  (bench.py puts tests/ on sys.path)
 import real_weights as rw  # noqa: E402
-from host.comfy_harness import load_workflow_api  # noqa: E402
+from host.comfy_harness import QuietServer, load_workflow_api, object_info_of  # noqa: E402
 
 ESSENTIAL = ("setup", "conformance", "workflows", "reference", "steps")
 OPTIONAL = ("pipeline", "memory", "large", "weight_dtype", "caches", "t5xxl", "compile")
@@ -246,7 +246,7 @@ def stage_workflows(suite):
     from host.dpir_env import PHOTO, api_of, write_photo
 
     sizes, steps = suite.ctx["sizes"], suite.args.steps
-    info = object_info(nodes.NODE_CLASS_MAPPINGS)
+    info = object_info_of(nodes.NODE_CLASS_MAPPINGS)
     wf_api = load_workflow_api()
     # the writer names the files as the workflows do; a sharded transformer is listed by its index
     rename = {"transformer/diffusion_pytorch_model.safetensors": bench.transformer_name(suite.ctx["models"])}
@@ -274,7 +274,7 @@ def stage_workflows(suite):
             ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), api, None))
             if not ok:
                 raise RuntimeError(f"validation: {json.dumps(node_errors or error)[:1500]}")
-            executor = bench.load_compat().prompt_executor(_QuietServer())
+            executor = bench.load_compat().prompt_executor(QuietServer())
             with bench.Memory(suite.ctx["device"]) as m:
                 executor.execute(api, str(uuid.uuid4()), {}, outputs)
             if not executor.success:
@@ -311,26 +311,6 @@ def tiny_captioner() -> str:
     if not (folder / "config.json").is_file():
         tiny_vlms.write_qwen25_vl(folder)
     return f"{folder.name}/config.json"
-
-
-def object_info(mappings) -> dict:
-    """What the server's /object_info gives ui_to_api (inputs, outputs), from the node classes in this process."""
-    out = {}
-    for name, cls in mappings.items():
-        try:
-            out[name] = {"input": cls.INPUT_TYPES(), "output": list(getattr(cls, "RETURN_TYPES", ())),
-                         "output_name": list(getattr(cls, "RETURN_NAMES", None) or getattr(cls, "RETURN_TYPES", ()))}
-        except Exception:  # a core node that fails here cannot be in the shipped workflows
-            continue
-    return out
-
-
-class _QuietServer:
-    """The little of PromptServer that PromptExecutor uses (cli.py has a chatty one)."""
-    client_id = last_node_id = last_prompt_id = None
-
-    def send_sync(self, event, data, sid=None):
-        pass
 
 
 def loaded_models(suite, weight_dtype=None):

@@ -112,6 +112,26 @@ def pack_module(name: str):
     return sys.modules[f"{PACK_NAME}.nodes.{name}"]
 
 
+def object_info_of(mappings) -> dict:
+    """What the server's /object_info gives ``ui_to_api`` (inputs, outputs), from node classes in this process."""
+    out = {}
+    for name, cls in mappings.items():
+        try:
+            out[name] = {"input": cls.INPUT_TYPES(), "output": list(getattr(cls, "RETURN_TYPES", ())),
+                         "output_name": list(getattr(cls, "RETURN_NAMES", None) or getattr(cls, "RETURN_TYPES", ()))}
+        except Exception:  # a core node that fails here cannot be in the shipped workflows
+            continue
+    return out
+
+
+class QuietServer:
+    """The little of PromptServer that an in-process PromptExecutor uses."""
+    client_id = last_node_id = last_prompt_id = None
+
+    def send_sync(self, event, data, sid=None):
+        pass
+
+
 def host_device() -> str:
     """Where the host tests run ComfyUI: $DPIR_TEST_DEVICE ('cpu' or 'cuda') when set, else 'cuda' when torch
     finds a GPU, else 'cpu'."""

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME, host_device, load_compat, load_workflow_api, pack_module
+from host.comfy_harness import (PACK_NAME, QuietServer, host_device, load_compat, load_workflow_api, object_info_of,
+                                 pack_module)
 from host.dpir_env import PHOTO, PROMPT_EMBEDDING, api_of, write_photo
 
 SPEC = tm.TinySpec()
@@ -256,21 +257,7 @@ def executor_env(pack_nodes):
     if not (models / "dpir" / PROMPT_EMBEDDING).exists():
         tm.write_t5_embedding(models / "dpir" / PROMPT_EMBEDDING, SPEC, prompt="a sharp photo")
     write_photo(Path(folder_paths.get_input_directory()) / PHOTO)
-    info = {}
-    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
-        try:
-            info[name] = {"input": cls.INPUT_TYPES(), "output": list(getattr(cls, "RETURN_TYPES", ())),
-                          "output_name": list(getattr(cls, "RETURN_NAMES", None) or getattr(cls, "RETURN_TYPES", ()))}
-        except Exception:
-            continue
-    return info
-
-
-class _Server:
-    client_id = last_node_id = last_prompt_id = None
-
-    def send_sync(self, event, data, sid=None):
-        pass
+    return object_info_of(nodes.NODE_CLASS_MAPPINGS)
 
 
 def execute_restore(info, **overrides):
@@ -288,7 +275,7 @@ def execute_restore(info, **overrides):
                                                          "filename_prefix": f"latents/{prefix}"}}
     ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), api, None))
     assert ok, (error, node_errors)
-    ex = load_compat().prompt_executor(_Server())
+    ex = load_compat().prompt_executor(QuietServer())
     ex.execute(api, str(uuid.uuid4()), {}, outputs)
     assert ex.success, ex.status_messages[-1:]
     out = Path(folder_paths.get_output_directory())

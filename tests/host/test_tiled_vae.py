@@ -3,13 +3,12 @@ weights, loaded by ComfyUI: seams against an untiled pass on the same input, the
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from .comfy_harness import PACK_NAME
+from .comfy_harness import pack_module
 from .dpir_env import PHOTO, api_of, node_id, saved_images, write_photo
 
 # one pass vs the untiled decode, 384×512 px in 256 px tiles with 64 px overlap (6 tiles), random weights:
@@ -22,10 +21,6 @@ ENCODE_REL = 0.8
 # the large workflow (tiny DiT, SD3 VAE architecture), 1088×816 px after the colour fix: one pass in 1024 px tiles vs
 # the whole image and vs the old three tilings measured 39.1 / 39.1 dB, the shipped 'auto' vs the old 42.2 dB
 WORKFLOW_PSNR_DB = 35.0
-
-
-def pack_module(name):
-    return sys.modules[f"{PACK_NAME}.{name}"]
 
 
 def psnr(a, b) -> float:
@@ -51,7 +46,7 @@ def smooth_latent(h, w, seed=0):
 
 @torch.inference_mode()
 def test_one_pass_decode_seams_against_the_whole_image(pack_nodes, vae):
-    tvae = pack_module("nodes.tiled_vae")
+    tvae = pack_module("tiled_vae")
     z = smooth_latent(48, 64)
     whole = vae.decode(z)
     tiled, choice = tvae.decode(vae, z, "on", tile_px=256, overlap_px=64)
@@ -63,7 +58,7 @@ def test_one_pass_decode_seams_against_the_whole_image(pack_nodes, vae):
 
 @torch.inference_mode()
 def test_one_pass_encode_seams_and_the_choice_by_memory(pack_nodes, vae):
-    tvae = pack_module("nodes.tiled_vae")
+    tvae = pack_module("tiled_vae")
     x = torch.rand(1, 256, 384, 3, generator=torch.Generator().manual_seed(2))
     whole = vae.encode(x)
     tiled, choice = tvae.encode(vae, x, "on", tile_px=128, overlap_px=64)
