@@ -32,6 +32,7 @@ from .errors import DPIRInputError
 COLOUR_FIX_METHODS = ("wavelet", "adain", "lab", "none")
 WAVELET_LEVELS = 5
 ADAIN_EPS = 1e-5
+STRIP_BYTES = 128 * 2**20  # wavelet fix: rows worked on at once (float32, with the blurs' halo)
 
 # StableSR's "a trous" wavelet kernel [[1,2,1],[2,4,2],[1,2,1]] / 16 is
 # outer(_TAPS, _TAPS): the blur is applied as two 1-D passes.
@@ -129,18 +130,31 @@ def _check_levels(levels) -> int:
     return n
 
 
-def wavelet_colour_fix(content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
+def wavelet_colour_fix(content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS,
+                       strip_bytes: int = STRIP_BYTES) -> torch.Tensor:
     """Content's high frequencies + style's low frequencies (StableSR ``wavelet_reconstruction``).
 
     ``content``: restored images (B, 3, H, W) in [0, 1]; ``style``: LQ images
     (1 or B, 3, h, w) in [0, 1], resized to (H, W) if needed. ``levels``
     blurs with dilations 1, 2, ..., 2**(levels-1) (5 in the release).
+    Images larger than ``strip_bytes`` are done in strips of rows, with the same result.
     Returns (B, 3, H, W) in [0, 1] with content's dtype and device.
     """
     levels = _check_levels(levels)
     c, s = _prepare(content, style)
-    result = c - wavelet_low_freq(c, levels) + wavelet_low_freq(s, levels)
-    return _finish(result, content)
+    # the blurs reach 1 + 2 + ... + 2**(levels-1) rows: strips with that halo give the whole image's values exactly,
+    # and the work buffers stay the size of a strip (an 8K image would need about 7 image-size buffers at once)
+    halo, height = 2 ** levels - 1, c.shape[-2]
+    rows = max(1, strip_bytes // max(1, c[..., :1, :].numel() * c.element_size()))
+    if rows >= height:
+        return _finish(c - wavelet_low_freq(c, levels) + wavelet_low_freq(s, levels), content)
+    out = torch.empty_like(c)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        a, b = max(0, y0 - halo), min(height, y1 + halo)
+        cs, ss = c[..., a:b, :], s[..., a:b, :]
+        out[..., y0:y1, :] = (cs - wavelet_low_freq(cs, levels) + wavelet_low_freq(ss, levels))[..., y0 - a:y1 - a, :]
+    return _finish(out, content)
 
 
 def calc_mean_std(feat: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Tensor, torch.Tensor]:

@@ -152,13 +152,32 @@ def summary_tokens(images: torch.Tensor, encoder1: VisionEncoder, encoder2: Visi
     return hidden1, pooled_vector(hidden1, embeds2)
 
 
+CROP_BYTES = 256 * 2**20  # crops cut at once: the boxes of an 8K image, cut all together, would copy it 1-4 times
+
+
+def encode_boxes(images: torch.Tensor, boxes, encoder1: VisionEncoder, encoder2: VisionEncoder,
+                 max_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``summary_tokens`` of every image's crops at ``boxes`` (all of one size): (B, N, T, D) hidden states and
+    (B, N, P) pooled vectors. The crops are cut and encoded a ``max_bytes`` (default ``CROP_BYTES``) chunk at a
+    time (each chunk in one encoder call), so the memory they take does not grow with the image."""
+    b, max_bytes = images.shape[0], max_bytes or CROP_BYTES
+    per_box = b * images.shape[1] * boxes[0][2] * boxes[0][3] * images.element_size()
+    chunk = max(1, max_bytes // per_box)
+    hidden, pooled = [], []
+    for i in range(0, len(boxes), chunk):
+        part = boxes[i:i + chunk]
+        h1, p = summary_tokens(crop_tiles(images, part), encoder1, encoder2)
+        hidden.append(h1.view(b, len(part), *h1.shape[1:]))
+        pooled.append(p.view(b, len(part), -1))
+    return torch.cat(hidden, 1), torch.cat(pooled, 1)
+
+
 def global_summary(global_image: torch.Tensor, encoder1: VisionEncoder, encoder2: VisionEncoder,
                    tile: int = GLOBAL_TILE, overlap: int = GLOBAL_OVERLAP) -> torch.Tensor:
-    """One pooled-width token per global tile: (B, N, P), all tiles in one encoder batch."""
-    b, _, h, w = global_image.shape
-    boxes = global_tiles(h, w, tile, overlap)
-    _, tokens = summary_tokens(crop_tiles(global_image, boxes), encoder1, encoder2)
-    return tokens.view(b, len(boxes), -1)
+    """One pooled-width token per global tile: (B, N, P), the tiles in as few encoder batches as ``encode_boxes``
+    allows (one up to 256 MiB of crops)."""
+    _, _, h, w = global_image.shape
+    return encode_boxes(global_image, global_tiles(h, w, tile, overlap), encoder1, encoder2)[1]
 
 
 def visual_prompt(local_image: torch.Tensor, global_image: torch.Tensor, encoder1: VisionEncoder,

@@ -22,7 +22,7 @@ import comfy.utils
 from ..models import dual_prompt as dp
 from ..models.errors import DPIRInputError
 from ..models.tiling import Tile, blend_weights, plan_tiles, shifted_plan
-from .images import to_bchw, to_bhwc
+from .images import preview_of, to_bchw, to_bhwc
 from .dit_wrappers import refuse_easycache_in_tiles
 from .lq_injection import KEY, CONDTokenGrid, injection_of
 from .visual_prompt import ComfyVisionEncoder, global_tokens as cached_global_tokens
@@ -196,15 +196,17 @@ def attach(model, tiles: TileSet, tile_batch: int, lq_features: str = "tile"):
 
 
 def draw_plan(image: torch.Tensor, tiles: TileSet) -> torch.Tensor:
-    """The LQ image (B, 3, H, W) with the first plan's tiles outlined and overlaps tinted."""
-    out = image[:1].clone() * 0.75
+    """The LQ image (B, 3, H, W) with the first plan's tiles outlined and overlaps tinted, at most ``PREVIEW_SIDE``
+    px on the longest side (a preview: drawn on the shrunk image, so an 8K photo costs no 8K copies)."""
+    out = preview_of(image[:1]) * 0.75
     _, _, h, w = out.shape
+    ky, kx = h / image.shape[-2], w / image.shape[-1]
     cover = torch.zeros(h, w)
     colours = torch.tensor([[1.0, 0.3, 0.2], [0.2, 0.8, 1.0], [1.0, 0.9, 0.2], [0.5, 1.0, 0.4]])
     line = max(1, min(h, w) // 256)
     for i, t in enumerate(tiles.plans[0]):
-        y0, x0 = t.top * LATENT_SCALE, t.left * LATENT_SCALE
-        y1, x1 = min(h, t.bottom * LATENT_SCALE), min(w, t.right * LATENT_SCALE)
+        y0, x0 = round(t.top * LATENT_SCALE * ky), round(t.left * LATENT_SCALE * kx)
+        y1, x1 = min(h, round(t.bottom * LATENT_SCALE * ky)), min(w, round(t.right * LATENT_SCALE * kx))
         cover[y0:y1, x0:x1] += 1
         c = colours[i % len(colours)].view(3, 1, 1)
         for ys, xs in (((y0, y0 + line), (x0, x1)), ((y1 - line, y1), (x0, x1)),
@@ -264,8 +266,9 @@ class DPIRTiledPrompt:
         """``plan`` plus the LQ image and plan for the browser's live tile overlay (web/js/dpir_tiles.js)."""
         out = self.plan(clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
                         prompt_mode, seam_shift, shift_every)
-        lq = to_bhwc(to_bchw(lq_image, "LQ image"))
-        return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE), "result": out}
+        h, w = lq_image.shape[-3:-1]
+        lq = to_bhwc(preview_of(to_bchw(lq_image[:1], "LQ image")))  # the overlay scales it to (h, w)
+        return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE, size=(h, w)), "result": out}
 
     @staticmethod
     def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary, batch: int | None = None, source=None):
@@ -288,13 +291,14 @@ class DPIRTiledPrompt:
             by_size.setdefault(box[2:], []).append(box)
         pbar = comfy.utils.ProgressBar(len(boxes))
         visual, b = {}, image.shape[0]
-        for same in by_size.values():  # one encoder batch per crop size: shifted plans share most tiles
-            crops = torch.cat([image[:, :, y:y + bh, x:x + bw] for (y, x, bh, bw) in same])
-            hidden, pooled = dp.summary_tokens(crops, enc1, enc2)
-            tokens = dp.visual_tokens(hidden, global_tokens.repeat(len(same), 1, 1), pooled.shape[-1])
+        for same in by_size.values():  # encoder batches per crop size: shifted plans share most tiles
+            hidden, pooled = dp.encode_boxes(image, same, enc1, enc2)  # (B, N, ...)
+            tokens = dp.visual_tokens(hidden.flatten(0, 1), global_tokens.repeat_interleave(len(same), 0),
+                                      pooled.shape[-1])
+            tokens = tokens.view(b, len(same), *tokens.shape[1:])
             for j, box in enumerate(same):
                 for key in boxes[box]:
-                    visual[key] = (tokens[j * b:(j + 1) * b], pooled[j * b:(j + 1) * b])
+                    visual[key] = (tokens[:, j], pooled[:, j])
             pbar.update(len(same))
         return visual
 

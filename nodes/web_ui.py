@@ -80,14 +80,17 @@ def compare_ui(lq_image: torch.Tensor, restored: torch.Tensor) -> dict:
                              for i, ref in enumerate(restored_refs)]}
 
 
-def tiles_ui(lq_image: torch.Tensor, tiles, tile_size: int, tile_overlap: int, latent_scale: int) -> dict:
+def tiles_ui(lq_image: torch.Tensor, tiles, tile_size: int, tile_overlap: int, latent_scale: int,
+             size: tuple[int, int] | None = None) -> dict:
     """``{"dpir_tiles": [...]}``: the LQ image (first of the batch), its size and the unshifted tile plan.
 
-    ``tiles`` are ``[x, y, width, height]`` in image pixels, clipped to the image (as the preview draws them).
+    ``size`` (height, width): the LQ image's own size when ``lq_image`` is a shrunk preview of it (the overlay
+    draws the picture at that size). ``tiles`` are ``[x, y, width, height]`` in image pixels, clipped to the image
+    (as the preview draws them).
     """
     if not serving():
         return {"dpir_tiles": []}
-    h, w = lq_image.shape[1:3]
+    h, w = size or lq_image.shape[1:3]
     rects = []
     for t in tiles.plans[0]:
         x0, y0 = t.left * latent_scale, t.top * latent_scale

@@ -96,6 +96,28 @@ def test_global_tokens_batched_once_per_image():
     assert calls == [2 * 6]  # every tile of every image in one encoder call
 
 
+@pytest.mark.parametrize("max_bytes, calls", [(2**30, [2 * 6]), (4 * 2 * 3 * 1024 * 1024 * 4, [8, 4]),
+                                               (1, [2] * 6)])
+def test_global_tokens_in_chunks_of_crops(max_bytes, calls):
+    """An 8K image's crops are cut a chunk at a time: the same tokens, per image in box order, whatever the chunk."""
+    seen = []
+
+    def counting(images):
+        seen.append(images.shape[0])
+        return enc1(images)
+
+    img = torch.rand(2, 3, 1536, 2048)
+    boxes = dp.global_tiles(1536, 2048)
+    hidden, pooled = dp.encode_boxes(img, boxes, counting, enc2, max_bytes=max_bytes)
+    assert seen == calls and hidden.shape == (2, 6, 5, H1) and pooled.shape == (2, 6, H1 + P2)
+    for b in range(2):
+        for n, (t, left, h, w) in enumerate(boxes):
+            want_hidden, _ = enc1(img[b:b + 1, :, t:t + h, left:left + w])
+            _, want_pooled = dp.summary_tokens(img[b:b + 1, :, t:t + h, left:left + w], enc1, enc2)
+            torch.testing.assert_close(hidden[b, n], want_hidden[0])
+            torch.testing.assert_close(pooled[b, n], want_pooled[0])
+
+
 def test_bad_tiling_arguments():
     with pytest.raises(DPIRInputError):
         dp.tile_starts(100, 64, 64)

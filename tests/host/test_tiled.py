@@ -309,3 +309,41 @@ def test_global_tokens_once_per_image_and_each_crop_once(setup):
         assert sum(seen) == len({(t.top, t.left, t.height, t.width) for p in tiles.plans for t in p})
     finally:
         clip2.encode_image = original
+
+
+def test_each_tile_prompt_is_the_visual_prompt_of_its_crop_in_a_batch(setup, monkeypatch):
+    """Per-tile prompts of a batch of two images, the crops cut a few at a time (as at 8K): each equals DPIR's visual
+    prompt of that image's tile crop in its whole image, computed on its own."""
+    nodes, _, _, clip1, clip2 = setup
+    ts = mod("tiled_sampling")
+    image = torch.cat([smooth_image(384, 512, seed=1), smooth_image(384, 512, seed=2)])
+    monkeypatch.setattr(ts.dp, "CROP_BYTES", 2 * 3 * 256 * 256 * 4 * 2)  # two crops per chunk
+    tiles, _ = plan(nodes, clip1, clip2, image, 256, 64, shift=True)
+    enc1, enc2 = ts.ComfyVisionEncoder(clip1, "local"), ts.ComfyVisionEncoder(clip2, "summary")
+    bchw = image.movedim(-1, 1)
+    checked = 0
+    for p, plan_tiles in enumerate(tiles.plans):
+        for i, t in enumerate(plan_tiles[:3]):
+            y0, x0 = t.top * 8, t.left * 8
+            crop = bchw[:, :, y0:min(384, t.bottom * 8), x0:min(512, t.right * 8)]
+            want_tokens, want_pooled = ts.dp.visual_prompt(crop, bchw, enc1, enc2)
+            got_tokens, got_pooled = tiles.visual[(p, i)]
+            torch.testing.assert_close(got_tokens, want_tokens, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_pooled, want_pooled, rtol=1e-5, atol=1e-5)
+            checked += 1
+    assert checked >= 6
+
+
+def test_tile_preview_of_a_large_photo_is_shrunk_with_the_plan_drawn_to_scale(setup):
+    """The tile preview is a picture of the plan: for a 4104×3080 photo at most 2048 px on the long side (an 8K
+    preview PNG is slow to write and to show), with the tile borders where the tiles are, scaled."""
+    nodes, _, _, clip1, clip2 = setup
+    image = torch.zeros(1, 3080, 4104, 3)
+    tiles, preview = plan(nodes, clip1, clip2, image, 1024, 128, mode=1)
+    assert preview.shape == (1, 1537, 2048, 3)  # 3080 × 2048 / 4104
+    k = 2048 / 4104
+    edges = (preview[0].sum(-1) > 0.5).float()  # the black photo is dark; borders are bright
+    for t in tiles.plans[0]:
+        y, x = round(t.top * 8 * k), round(t.left * 8 * k)
+        assert edges[y, x:x + 20].mean() == 1 and edges[y:y + 20, x].mean() == 1  # its top-left corner is drawn
+    assert edges.mean() < 0.2
