@@ -266,8 +266,9 @@ class DPIRTiledPrompt:
         """``plan`` plus the LQ image and plan for the browser's live tile overlay (web/js/dpir_tiles.js)."""
         out = self.plan(clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
                         prompt_mode, seam_shift, shift_every)
-        h, w = lq_image.shape[-3:-1]
-        lq = to_bhwc(preview_of(to_bchw(lq_image[:1], "LQ image")))  # the overlay scales it to (h, w)
+        first = (lq_image if lq_image.ndim == 4 else lq_image[None])[:1]  # plan() checked it is an IMAGE
+        lq = to_bhwc(preview_of(to_bchw(first, "LQ image")))  # the overlay draws it at the LQ's own size
+        h, w = first.shape[1:3]
         return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE, size=(h, w)), "result": out}
 
     @staticmethod

@@ -106,15 +106,16 @@ class Graph:
 def loaders(g: Graph, x=0):
     # spaced so a loader whose file is missing has room for the guidance it then shows (web/js/dpir_guidance.js)
     image = g.add("LoadImage", (x, 0), {"image": "example.png"}, size=(300, 320))
-    model = g.add("DPIRModelLoader", (x, 360), {"transformer": FILES["transformer"]}, size=(340, 130))
-    sd3_vae = g.add("VAELoader", (x, 700), {"vae_name": FILES["sd3_vae"]}, size=(300, 60))
-    robust = g.add("DPIRRobustVAELoader", (x, 800), {"robust_vae": FILES["robust_vae"]}, {"vae": (sd3_vae, 0)},
+    # (Nodes 2.0 draws Load Image 380 px tall with its preview)
+    model = g.add("DPIRModelLoader", (x, 400), {"transformer": FILES["transformer"]}, size=(340, 130))
+    sd3_vae = g.add("VAELoader", (x, 740), {"vae_name": FILES["sd3_vae"]}, size=(300, 60))
+    robust = g.add("DPIRRobustVAELoader", (x, 840), {"robust_vae": FILES["robust_vae"]}, {"vae": (sd3_vae, 0)},
                    size=(340, 80))
-    clip1 = g.add("DPIRCLIPVisionLoader", (x, 1060), {"clip_name": FILES["clip_local"]}, size=(340, 60),
+    clip1 = g.add("DPIRCLIPVisionLoader", (x, 1100), {"clip_name": FILES["clip_local"]}, size=(340, 60),
                   title="CLIP vision 1 (local, ViT-B/32)")
-    clip2 = g.add("DPIRCLIPVisionLoader", (x, 1340), {"clip_name": FILES["clip_summary"]}, size=(340, 60),
+    clip2 = g.add("DPIRCLIPVisionLoader", (x, 1380), {"clip_name": FILES["clip_summary"]}, size=(340, 60),
                   title="CLIP vision 2 (summary, ViT-bigG)")
-    t5 = g.add("CLIPLoader", (x, 1620), {"clip_name": FILES["t5"], "type": "sd3"}, title="T5-XXL (Load CLIP, type sd3)")
+    t5 = g.add("CLIPLoader", (x, 1660), {"clip_name": FILES["t5"], "type": "sd3"}, title="T5-XXL (Load CLIP, type sd3)")
     return image, model, robust, clip1, clip2, t5
 
 
@@ -134,7 +135,7 @@ def restore_chain(g: Graph, x, y, model, lq_branch, encode, robust, positive, ne
     if tiles is not None:
         links["tiles"] = (tiles, 0)
     patch = g.add("DPIRSamplerPatch", (x + 360, y), {}, links)
-    noise = g.add("RandomNoise", (x + 360, y + 260), {"noise_seed": 42}, size=(300, 80))
+    noise = g.add("RandomNoise", (x + 360, y + 340), {"noise_seed": 42}, size=(300, 80))  # below the patch's widgets
     sample = g.add("SamplerCustomAdvanced", (x + 720, y), {}, {
         "noise": (noise, 0), "guider": (patch, 1), "sampler": (patch, 2), "sigmas": (patch, 3),
         "latent_image": (encode, 0)})
@@ -144,7 +145,8 @@ def restore_chain(g: Graph, x, y, model, lq_branch, encode, robust, positive, ne
         # whole image when it fits in memory, else the largest tiles that fit, each region decoded once
         decode = g.add("DPIRVAEDecode", (x + 1080, y), {"tiled_vae": "auto"}, {"samples": (sample, 0), "vae": (robust, 0)})
     # room for the before/after view the node shows after a run (web/js/dpir_compare.js)
-    fix = g.add("DPIRColourFix", (x + 1080, y + 100), {}, {"image": (decode, 0), "lq_image": (encode, 1)},
+    fix = g.add("DPIRColourFix", (x + 1080, y + (100 if tiles is None else 210)), {},
+                {"image": (decode, 0), "lq_image": (encode, 1)},
                 size=(360, 420))
     g.add("SaveImage", (x + 1480, y), {"filename_prefix": prefix}, {"images": (fix, 0)}, size=(400, 400))
 
@@ -155,7 +157,7 @@ def dpir_restore(info):
     encode, visual, text = prompts(g, image, robust, clip1, clip2, t5)
     dual = g.add("DPIRDualPrompt", (1080, 0), {}, {"visual_prompt": (visual, 0), "text_prompt": (text, 0)})
     restore_chain(g, 360, 560, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore")
-    g.add("MarkdownNote", (360, 900), {"text": (
+    g.add("MarkdownNote", (360, 1060), {"text": (
         "## DPIR restore\nOfficial defaults: LQ resized to long side 1024, robust VAE encode, CLIP global-local "
         "visual prompt + T5 prompt, LQ condition strength 1, Euler / normal / 28 steps / shift 3 / CFG 1, wavelet "
         "colour fix.\n\nAfter a run, **DPIR Colour Fix** shows LQ and result in one split view: move the pointer "
@@ -177,7 +179,7 @@ def dpir_prompt_ablation(info):
                          title="DPIR T5 Text Prompt (caption)")
     g.link(caption, 0, caption_text, "text")
     no_visual = g.add("ConditioningZeroOut", (1080, 0), {}, {"conditioning": (visual, 0)}, title="visual dropped")
-    no_text = g.add("ConditioningZeroOut", (1080, 100), {}, {"conditioning": (text, 0)}, title="text dropped")
+    no_text = g.add("ConditioningZeroOut", (1080, 230), {}, {"conditioning": (text, 0)}, title="text dropped")
     rows = (("text only", (no_visual, 0), (text, 0), "dpir_text_only"),
             ("visual only", (visual, 0), (no_text, 0), "dpir_visual_only"),
             ("dual", (visual, 0), (text, 0), "dpir_dual"),
@@ -208,8 +210,9 @@ def dpir_restore_large(info):
                                                      "clip_vision_summary": (clip2, 0), "lq_image": (encode, 1),
                                                      "text_prompt": (text, 0)}, size=(400, 540))
     g.add("PreviewImage", (1880, 0), {}, {"images": (tiles, 1)}, size=(400, 300), title="tile plan")
-    restore_chain(g, 360, 600, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore_large", tiles=tiles)
-    g.add("MarkdownNote", (360, 1000), {"text": (
+    # below the Tiled Prompt, which Nodes 2.0 draws about 700 px tall
+    restore_chain(g, 360, 740, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore_large", tiles=tiles)
+    g.add("MarkdownNote", (360, 1240), {"text": (
         "## DPIR restore, large images (2K–8K)\nUpscales ×4 and samples in 1024 px tiles: each tile gets its own "
         "LQ condition and local visual prompt, with the whole image's global tokens (DPIR's training setting); "
         "tiles blend with Gaussian weights and the grid moves a quarter tile per step so no seam stays. "
@@ -235,7 +238,7 @@ def dpir_restore_autoprompt(info):
           size=(340, 300), title="Restoration Prompt (only for models trained with it: wire into 'suffix')")
     dual = g.add("DPIRDualPrompt", (1080, 0), {}, {"visual_prompt": (visual, 0), "text_prompt": (text, 0)})
     restore_chain(g, 360, 760, model, model, encode, robust, (dual, 0), (dual, 1), "dpir_restore_autoprompt")
-    g.add("MarkdownNote", (1800, 0), {"text": (
+    g.add("MarkdownNote", (1960, 0), {"text": (
         "## DPIR restore with an automatic prompt\n**DPIR Caption** describes the LQ photo with a vision-language "
         "model from `models/LLM/` (Qwen2.5-VL, Qwen3-VL, LLaVA, SmolVLM, Florence-2; see the README) and the caption "
         "becomes the T5 text prompt; a batch gets one caption per image. The caption is shown on the node (and the "
