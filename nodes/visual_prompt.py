@@ -24,11 +24,10 @@ class ComfyVisionEncoder:
         if not hasattr(clip_vision, "encode_image"):
             raise DPIRInputError(f"'{name}' must be a CLIP_VISION (from 'DPIR CLIP Vision Loader' or Load CLIP Vision)")
         self.clip_vision, self.name, self.batch = clip_vision, name, batch  # None: sized by memory
-        self.learned = None  # the memory-sized batch of the last call: later calls start with it
 
     def __call__(self, images: torch.Tensor):
         hidden, embeds = [], []
-        i, batch = 0, self.batch or self.learned or 1
+        i, batch = 0, self.batch or 1
         while i < images.shape[0]:
             comfy.model_management.throw_exception_if_processing_interrupted()
             out = self.clip_vision.encode_image(images[i:i + batch].movedim(1, -1), crop=True)
@@ -36,7 +35,7 @@ class ComfyVisionEncoder:
             embeds.append(out["image_embeds"].float())
             i += batch
             if self.batch is None:  # after one image the token count and width are known
-                batch = self.learned = memory_batch(self.clip_vision, out["last_hidden_state"].shape[1:])
+                batch = memory_batch(self.clip_vision, out["last_hidden_state"].shape[1:])
         return torch.cat(hidden), torch.cat(embeds)
 
 
