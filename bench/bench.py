@@ -270,11 +270,9 @@ def run_pack(nodes, loaded, image, steps, device, tiles=False, tile_batch=4, off
     with stage("decode" + (" (DPIR VAE Decode, auto)" if tiles else "")):
         if tiles:
             dec = nodes["DPIRVAEDecode"]().decode({"samples": out}, vae, "auto")
-            decoded = dec["result"][0]
+            decoded, stages["decode (DPIR VAE Decode, auto)"].note = dec["result"][0], dec["ui"]["text"][0]
         else:
             decoded = vae.decode(out)
-    if tiles:
-        stages["decode (DPIR VAE Decode, auto)"].note = dec["ui"]["text"][0]
     with stage("colour fix"):
         restored = nodes["DPIRColourFix"]().fix(decoded, lq, "wavelet")[0]
     if outputs is not None:

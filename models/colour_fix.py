@@ -144,16 +144,19 @@ def wavelet_colour_fix(content: torch.Tensor, style: torch.Tensor, levels: int =
     c, s = _prepare(content, style)
     # the blurs reach 1 + 2 + ... + 2**(levels-1) rows: strips with that halo give the whole image's values exactly,
     # and the work buffers stay the size of a strip (an 8K image would need about 7 image-size buffers at once)
+    def rows_fixed(a: int, b: int) -> torch.Tensor:
+        cs = c[..., a:b, :]
+        return cs - wavelet_low_freq(cs, levels) + wavelet_low_freq(s[..., a:b, :], levels)
+
     halo, height = 2 ** levels - 1, c.shape[-2]
-    rows = max(1, strip_bytes // max(1, c[..., :1, :].numel() * c.element_size()))
+    rows = max(1, strip_bytes // (c[..., :1, :].numel() * c.element_size()))
     if rows >= height:
-        return _finish(c - wavelet_low_freq(c, levels) + wavelet_low_freq(s, levels), content)
+        return _finish(rows_fixed(0, height), content)
     out = torch.empty_like(c)
     for y0 in range(0, height, rows):
         y1 = min(height, y0 + rows)
-        a, b = max(0, y0 - halo), min(height, y1 + halo)
-        cs, ss = c[..., a:b, :], s[..., a:b, :]
-        out[..., y0:y1, :] = (cs - wavelet_low_freq(cs, levels) + wavelet_low_freq(ss, levels))[..., y0 - a:y1 - a, :]
+        a = max(0, y0 - halo)
+        out[..., y0:y1, :] = rows_fixed(a, min(height, y1 + halo))[..., y0 - a:y1 - a, :]
     return _finish(out, content)
 
 

@@ -75,9 +75,10 @@ class DPIRRobustVAEEncode:
         if (h, w) != tuple(x.shape[2:]):
             x = comfy.utils.common_upscale(x, w, h, "lanczos", "disabled").clamp_(0, 1)
         lq = to_bhwc(x)
+        padded = pad_to_multiple(x)
         # the VAE reads the LQ image itself unless it needs padding: one image-size buffer less (0.8 GB at 8K)
-        pixels = lq if h % MULTIPLE == 0 and w % MULTIPLE == 0 else to_bhwc(pad_to_multiple(x))
-        del x
+        pixels = lq if padded is x else to_bhwc(padded)
+        del x, padded
         latent, choice = vae_tiles.encode(vae, pixels, tiled_vae)
         return {"ui": {"text": [choice.text]}, "result": ({"samples": latent, LQ_SIZE: (h, w)}, lq)}
 

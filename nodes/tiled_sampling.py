@@ -195,12 +195,12 @@ def attach(model, tiles: TileSet, tile_batch: int, lq_features: str = "tile"):
         model.set_additional_models(KEY, [lq.branch.patcher])
 
 
-def draw_plan(image: torch.Tensor, tiles: TileSet) -> torch.Tensor:
-    """The LQ image (B, 3, H, W) with the first plan's tiles outlined and overlaps tinted, at most ``PREVIEW_SIDE``
-    px on the longest side (a preview: drawn on the shrunk image, so an 8K photo costs no 8K copies)."""
-    out = preview_of(image[:1]) * 0.75
+def draw_plan(picture: torch.Tensor, tiles: TileSet) -> torch.Tensor:
+    """``picture`` (1, 3, h, w), the LQ image shrunk by ``preview_of`` (an 8K photo costs no 8K copies), with the
+    first plan's tiles outlined to scale and overlaps tinted."""
+    out = picture * 0.75
     _, _, h, w = out.shape
-    ky, kx = h / image.shape[-2], w / image.shape[-1]
+    ky, kx = h / tiles.image_size[0], w / tiles.image_size[1]
     cover = torch.zeros(h, w)
     colours = torch.tensor([[1.0, 0.3, 0.2], [0.2, 0.8, 1.0], [1.0, 0.9, 0.2], [0.5, 1.0, 0.4]])
     line = max(1, min(h, w) // 256)
@@ -245,6 +245,21 @@ class DPIRTiledPrompt:
 
     def plan(self, clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
              prompt_mode, seam_shift, shift_every):
+        return self._plan(clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
+                          prompt_mode, seam_shift, shift_every)[:2]
+
+    def plan_with_overlay(self, clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size,
+                          tile_overlap, prompt_mode, seam_shift, shift_every):
+        """``plan`` plus the LQ image and plan for the browser's live tile overlay (web/js/dpir_tiles.js)."""
+        tiles, drawn, picture = self._plan(clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size,
+                                           tile_overlap, prompt_mode, seam_shift, shift_every)
+        # the overlay draws the shrunk picture at the LQ's own size
+        ui = tiles_ui(to_bhwc(picture), tiles, tile_size, tile_overlap, LATENT_SCALE, size=tiles.image_size)
+        return {"ui": ui, "result": (tiles, drawn)}
+
+    def _plan(self, clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
+              prompt_mode, seam_shift, shift_every):
+        """(tiles, the tile preview IMAGE, the shrunk LQ picture (1, 3, h, w) it is drawn on)."""
         image = to_bchw(lq_image, "LQ image")
         h, w = image.shape[-2:]
         lh, lw = -(-h // 16) * 2, -(-w // 16) * 2  # the encoder pads to multiples of 16 px
@@ -259,17 +274,8 @@ class DPIRTiledPrompt:
         if prompt_mode == PROMPT_MODES[0]:
             tiles.visual, tiles.text = self._tile_prompts(tiles, image, clip_vision_local, clip_vision_summary,
                                                           source=lq_image), text_prompt[0][0]
-        return (tiles, to_bhwc(draw_plan(image, tiles)))
-
-    def plan_with_overlay(self, clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size,
-                          tile_overlap, prompt_mode, seam_shift, shift_every):
-        """``plan`` plus the LQ image and plan for the browser's live tile overlay (web/js/dpir_tiles.js)."""
-        out = self.plan(clip_vision_local, clip_vision_summary, lq_image, text_prompt, tile_size, tile_overlap,
-                        prompt_mode, seam_shift, shift_every)
-        first = (lq_image if lq_image.ndim == 4 else lq_image[None])[:1]  # plan() checked it is an IMAGE
-        lq = to_bhwc(preview_of(to_bchw(first, "LQ image")))  # the overlay draws it at the LQ's own size
-        h, w = first.shape[1:3]
-        return {"ui": tiles_ui(lq, out[0], tile_size, tile_overlap, LATENT_SCALE, size=(h, w)), "result": out}
+        picture = preview_of(image[:1])
+        return tiles, to_bhwc(draw_plan(picture, tiles)), picture
 
     @staticmethod
     def _tile_prompts(tiles: TileSet, image, clip_local, clip_summary, batch: int | None = None, source=None):
