@@ -46,6 +46,8 @@ run: steps skipped, speed ratio (uncached seconds / cached), PSNR of the decoded
 cards: the 'Which card runs what' table from ComfyUI's own memory estimates (no model is run).
 vae: one-pass tiled decode (DPIR VAE Decode) vs VAEDecodeTiled (three tilings) at the same tile size, one run;
 --whole adds seam figures against an untiled decode (max/mean abs difference, PSNR).
+vae-windows: one-pass decode of one latent in windows of several sizes and 'auto', one run: seconds and peak
+memory per window size (why 'auto' stops at 1024 px windows on the CPU).
 large: dpir_restore_large stage by stage at 2K/4K/8K outputs in one process (×4 of a quarter-size photo): seconds
 and peak memory per stage, the VAE's whole-image/tile choice, and the 8K/2K peak ratio.
 prompts: per-tile visual prompts as the node runs, one crop per tower call, and the floor (one forward of both
@@ -543,6 +545,37 @@ def vae_tiles(args):
             d = (x - w).abs()
             print(f"| {name} | {float(d.max()):.4f} | {float(d.mean()):.5f} | {psnr(x, w):.1f} |")
     sys.stdout.flush()
+
+
+def vae_windows(args):
+    """One-pass decode of the same latent in windows of several sizes, and 'auto', in one run: seconds and peak
+    memory per window size (on the CPU, why 'auto' stops at 1024 px windows)."""
+    device, _, nodes, models = setup(args)
+    import comfy.sd
+    import comfy.utils
+
+    stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
+    vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
+    tvae = sys.modules[f"{PACK_NAME}.nodes.tiled_vae"]
+    z = photo_latent(args.image // 8) * 0.5
+    vae.decode(z[:, :, :16, :16])  # warm-up
+    print(f"device {device}, SD3 VAE (real shape, random weights), {args.image}², overlap {args.overlap} px",
+          file=sys.stderr)
+    print(f"\n## vae-windows: {device.type}, {args.image}², overlap {args.overlap} px\n")
+    print("| tiles asked | windows | largest window (px) | seconds | peak memory (MiB, delta) |\n|---|---|---|---|---|")
+    for tile in args.windows + ["auto"]:
+        gc.collect()
+        with Memory(device) as m:
+            if tile == "auto":
+                _, choice = tvae.decode(vae, z, "auto", overlap_px=args.overlap)
+            else:
+                _, choice = tvae.decode(vae, z, "on", tile_px=tile, overlap_px=args.overlap)
+        p = choice.plan
+        largest = 8 * max(w.length for w in p.rows + p.cols)
+        print(f"| {tile if tile == 'auto' else f'{tile} px'} | {p.count} | {largest} | {m.seconds:.1f} | "
+              f"{m.peak_bytes / 2**20:.0f} ({m.delta_bytes / 2**20:+.0f}) |")
+        sys.stdout.flush()
+    print(f"\nauto: {choice.text}")
 
 
 def large(args):
@@ -1200,6 +1233,12 @@ def main():
     v.add_argument("--overlap", type=int, default=64, help="overlap in px (both decoders)")
     v.add_argument("--whole", action="store_true", help="also the untiled decode, for the seam figures")
     v.add_argument("--cpu", action="store_true")
+    vw = sub.add_parser("vae-windows")
+    vw.add_argument("--size", default="tiny", choices=["tiny", "small", "sd3-medium"])
+    vw.add_argument("--image", type=int, default=2048, help="square output size in px")
+    vw.add_argument("--windows", type=int, nargs="+", default=[1024, 1408, 2048], help="tile sizes in px ('on')")
+    vw.add_argument("--overlap", type=int, default=64)
+    vw.add_argument("--cpu", action="store_true")
     lg = sub.add_parser("large")
     lg.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
     lg.add_argument("--images", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px (×4)")
@@ -1211,7 +1250,7 @@ def main():
     pr.add_argument("--image", type=int, default=2048)
     pr.add_argument("--tile", type=int, default=768, help="tile size in px (the real-size table's)")
     pr.add_argument("--cpu", action="store_true")
-    for p_ in (v, lg, pr):
+    for p_ in (v, vw, lg, pr):
         p_.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
     c = sub.add_parser("cards")
     c.add_argument("--cards", type=int, nargs="+", default=[8, 12, 16, 24], help="VRAM in GB")
@@ -1232,7 +1271,7 @@ def main():
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
         {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "lq-tiles": lq_tiles,
-         "loadmem": loadmem, "caches": caches, "vae": vae_tiles, "large": large, "prompts": prompts}[args.cmd](args)
+         "loadmem": loadmem, "caches": caches, "vae": vae_tiles, "vae-windows": vae_windows, "large": large, "prompts": prompts}[args.cmd](args)
 
 
 if __name__ == "__main__":

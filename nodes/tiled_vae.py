@@ -5,6 +5,12 @@ The choice: the VAE's ``memory_used_encode`` / ``memory_used_decode`` for the wh
 are loaded, times ``MARGIN``. Above it the image is cut into the largest square tiles whose estimate fits
 (``models.tiled_vae.largest_tile``), each encoded/decoded once with ``VAE.encode``/``VAE.decode`` and blended with
 feathered overlaps (``models.tiled_vae``). ``VAEChoice.text`` says what was chosen and why.
+
+On the CPU 'auto' tiles are also at most the 'on' tile (``TILE`` = 1024 px): ComfyUI's CPU VAE attention
+(``slice_attention``) takes one slice whenever the whole score matrix fits in the free RAM, so a window of s px
+holds about 2.5 × (s/8)⁴ × 4 bytes (10.7 GB at 1600 px, 2.7 GB at 1024 px) that ComfyUI's linear estimate does
+not count. Larger windows are not faster on the CPU (convolutions dominate and the attention's share grows with
+the window), so the cap keeps the VAE's peak from growing with the photo (docs/large-images.md).
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ MARGIN = 0.8  # of the free memory: ComfyUI's estimate is per image; leave room 
 OVERLAP = 64  # px between neighbouring tiles (8 latent px for SD3): the ramp of the feathered blend
 TILE = 1024  # px, tiles for 'on'
 TOOLTIP = ("'auto': tile only when ComfyUI's memory estimate for the whole image exceeds the free memory of the VAE's "
-           "device (VRAM on a GPU, RAM on the CPU), in the largest tiles that fit; each region is processed once and "
+           "device (VRAM on a GPU, RAM on the CPU), in the largest tiles that fit (on the CPU at most {tile} px, "
+           "which keeps its memory flat from 2K to 8K); each region is processed once and "
            "tiles blend over {overlap} px. 'on': {tile} px tiles. 'off': whole image. The choice made is logged, "
            "shown on the node after a run and in the tile overlay of 'DPIR Tiled Global-Local Prompt'.")
 TOOLTIP = TOOLTIP.format(overlap=OVERLAP, tile=TILE)
@@ -76,17 +83,23 @@ def choose(vae, mode: str, shape, kind: str, tile_px: int = TILE, overlap_px: in
     comfy.model_management.load_models_gpu([vae.patcher])
     free = float(comfy.model_management.get_free_memory(vae.device))
     budget = free * MARGIN
-    if estimate <= budget:
+    # on the CPU at most the 'on' tile: see the module's docstring
+    cap = max(h, w) if torch.device(vae.device).type != "cpu" else max(overlap + 1, tile_px // scale)
+    if estimate <= budget and max(h, w) <= cap:
         return VAEChoice(whole, None, estimate, free, f"VAE {kind}: whole image (ComfyUI's estimate {_gib(estimate)} "
                          f"fits in {_gib(free)} free × {MARGIN})")
-    tile = tv.largest_tile(lambda t: estimate_of(t, t) <= budget, max(h, w), minimum=max(32, 2 * overlap + 8))
-    tile = max(tile, overlap + 1)
+    fit = tv.largest_tile(lambda t: estimate_of(t, t) <= budget, max(h, w), minimum=max(32, 2 * overlap + 8))
+    tile = max(min(fit, cap), overlap + 1)
     p = tv.plan(h, w, tile, overlap)
     if not p.tiled:  # the largest tile that fits covers the whole image: the estimate is not linear in its area
         return VAEChoice(p, None, estimate, free, f"VAE {kind}: whole image")
+    why = []
+    if estimate > budget:
+        why.append(f"ComfyUI's estimate for the whole image {_gib(estimate)} > {_gib(free)} free × {MARGIN}")
+    if fit > cap:
+        why.append(f"at most {cap * scale} px on the CPU")
     return VAEChoice(p, tile * scale, estimate, free,
-                     f"VAE {kind}: {p.count} tiles of up to {tile * scale} px (ComfyUI's estimate for the whole image "
-                     f"{_gib(estimate)} > {_gib(free)} free × {MARGIN})")
+                     f"VAE {kind}: {p.count} tiles of up to {tile * scale} px ({'; '.join(why)})")
 
 
 def _one_pass(c, run, tiled, x: torch.Tensor, scale: int) -> torch.Tensor:

@@ -264,3 +264,34 @@ def test_8k_size_handling_and_tile_plan_on_a_cheap_path(pack_nodes):
             cover[t.top:t.bottom, t.left:t.right] += 1
         assert cover.min() >= 1
     assert tiles.count == 5 * 9
+
+
+class SmallEstimateVAE(RecordingVAE):
+    """ComfyUI's estimates of a VAE whose whole image always fits in the free RAM."""
+
+    def memory_used_encode(self, shape, dtype):
+        return shape[2] * shape[3]
+
+    def memory_used_decode(self, shape, dtype):
+        return shape[2] * shape[3] * 64
+
+
+def test_auto_windows_stop_at_1024_px_on_the_cpu(pack_nodes):
+    """On the CPU ComfyUI's VAE attention fills the free RAM with a score matrix that grows with the square of the
+    window's area, which its estimate does not count: 'auto' cuts windows of at most 1024 px there even when the
+    estimate says the whole image fits, and says why; up to 1024 px the whole image is one pass."""
+    tvae = pack_module("nodes.tiled_vae")
+    vae = SmallEstimateVAE()
+    latent, choice = tvae.encode(vae, torch.rand(1, 2048, 1536, 3), "auto")
+    assert latent.shape == (1, 16, 256, 192)
+    shapes = [c[1] for c in vae.calls]
+    assert len(shapes) == choice.plan.count == 6 and max(max(s[1], s[2]) for s in shapes) <= 1024
+    assert "at most 1024 px on the CPU" in choice.text and "estimate" not in choice.text
+    vae.calls.clear()
+    _, choice = tvae.decode(vae, torch.zeros(1, 16, 128, 96), "auto")
+    assert vae.calls == [("decode", (1, 16, 128, 96))] and "whole image" in choice.text
+    # the real estimates of an 8K decode exceed any RAM here: both reasons are given
+    vae = RecordingVAE()
+    _, choice = tvae.decode(vae, torch.zeros(1, 16, 1024, 1024), "auto")
+    assert choice.tile_px <= 1024 and choice.plan.count == 81
+    assert "estimate" in choice.text and "at most 1024 px on the CPU" in choice.text
