@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import folder_paths
@@ -92,8 +93,20 @@ class DPIRT5TextPrompt:
         return {"ui": {"text": shown}, "result": (cond,)}
 
 
+def _held_embedding(path: str) -> torch.Tensor | None:
+    """The T5 embedding a ``.safetensors`` file holds, or None when it holds anything else (a model's weights, or
+    bytes that are not safetensors): only the header is read for those."""
+    try:
+        with safe_open(path, "pt") as f:
+            return f.get_tensor("t5_embedding") if list(f.keys()) == ["t5_embedding"] else None
+    except Exception:  # not a safetensors file: not ours to replace
+        return None
+
+
 class DPIRSaveT5Embedding:
-    DESCRIPTION = "Saves a T5 prompt to models/dpir/<name>.safetensors, to reuse it later without loading T5-XXL."
+    DESCRIPTION = ("Saves a T5 prompt to models/dpir/<name>.safetensors, to reuse it later without loading T5-XXL. "
+                   "One prompt per image (a batch of captions) gives <name>_1, <name>_2, ... Never replaces a model "
+                   "file; replaces another T5 prompt of the same name only with 'overwrite' on.")
     CATEGORY = "DPIR"
     FUNCTION = "save"
     RETURN_TYPES = ()
@@ -102,9 +115,12 @@ class DPIRSaveT5Embedding:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"text_prompt": ("CONDITIONING",),
-                             "name": ("STRING", {"default": "t5_prompt"})}}
+                             "name": ("STRING", {"default": "t5_prompt"})},
+                "optional": {"overwrite": ("BOOLEAN", {"default": False, "tooltip":
+                                           "replace a T5 prompt already saved under this name (model files are "
+                                           "never replaced)"})}}
 
-    def save(self, text_prompt, name):
+    def save(self, text_prompt, name, overwrite=False):
         safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_ ").strip()
         if not safe:
             raise DPIRInputError(f"'{name}' is not a usable file name; use letters, digits, '-' or '_'")
@@ -113,18 +129,36 @@ class DPIRSaveT5Embedding:
             raise DPIRInputError("'text_prompt' must be the CONDITIONING of 'DPIR T5 Text Prompt'")
         if not bool(torch.isfinite(tokens).all()):
             raise DPIRInputError("the T5 prompt contains NaN or infinite values: nothing was saved")
+        tokens = tokens.float()
+        rows = [tokens[:1]] if all(torch.equal(tokens[0], t) for t in tokens[1:]) else list(tokens.split(1))
         folder = folder_paths.get_folder_paths(DPIR_FOLDER)[-1]
+        names = [safe] if len(rows) == 1 else [f"{safe}_{i + 1}" for i in range(len(rows))]
+        paths = [os.path.join(folder, f"{n}.safetensors") for n in names]
+        todo = []
+        for path, row in zip(paths, rows):  # every file checked before any is written
+            if os.path.exists(path):
+                held = _held_embedding(path)
+                if held is None:
+                    raise DPIRInputError(f"'{path}' is a model file, not a saved T5 prompt: choose another 'name' "
+                                         "in DPIR Save T5 Embedding; nothing was saved")
+                if torch.equal(held, row):
+                    continue  # this prompt is already saved under this name
+                if not overwrite:
+                    raise DPIRInputError(f"'{path}' already holds another T5 prompt: choose another 'name', or turn "
+                                         "'overwrite' on in DPIR Save T5 Embedding to replace it; nothing was saved")
+            todo.append((path, row))
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{safe}.safetensors")
-        tmp = path + ".partial"
-        try:
-            save_file({"t5_embedding": tokens[:1].float().contiguous()}, tmp)
-            os.replace(tmp, path)  # never a half-written file under the final name
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return {"ui": {"text": [f"saved {path}"]}}
+        for path, row in todo:
+            tmp = path + ".partial"
+            try:
+                save_file({"t5_embedding": row.contiguous()}, tmp)
+                os.replace(tmp, path)  # never a half-written file under the final name
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        written = {p for p, _ in todo}
+        return {"ui": {"text": [("saved " if p in written else "already saved: ") + p for p in paths]}}
 
 
 NODE_CLASS_MAPPINGS = {"DPIRT5TextPrompt": DPIRT5TextPrompt, "DPIRSaveT5Embedding": DPIRSaveT5Embedding}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,44 @@ def test_saving_a_t5_embedding_stays_in_the_model_folder(pack_nodes):
     with pytest.raises(errors.DPIRInputError, match="usable file name"):
         save([[emb, {}]], "../..")
     assert not list(folder.glob("never*")) and not list(folder.glob("*.partial"))
+
+
+def test_saving_a_t5_embedding_never_replaces_a_model_file_or_another_prompt_unasked(pack_nodes):
+    import folder_paths
+    from safetensors.torch import load_file
+
+    errors = sys.modules[f"{PACK_NAME}.models.errors"]
+    save = pack_nodes["DPIRSaveT5Embedding"]().save
+    encode = pack_nodes["DPIRT5TextPrompt"]().encode
+    folder = Path(folder_paths.get_folder_paths("dpir")[-1])
+    width = SPEC.joint_attention_dim
+    a, b = torch.randn(1, 256, width), torch.randn(1, 256, width)
+    model = folder / "my_dpir_weights.safetensors"  # a name an artist could type, holding weights
+    save_file({"x_embedder.proj.weight": torch.randn(4, 4)}, str(model))
+    before = model.read_bytes()
+    with pytest.raises(errors.DPIRInputError, match="model file, not a saved T5 prompt"):
+        save([[a, {}]], "my_dpir_weights", overwrite=True)
+    assert model.read_bytes() == before
+    model.unlink()
+    name = f"prompt_{uuid.uuid4().hex[:8]}"
+    path = folder / f"{name}.safetensors"
+    assert save([[a, {}]], name)["ui"]["text"] == [f"saved {path}"]
+    assert save([[a, {}]], name)["ui"]["text"] == [f"already saved: {path}"]
+    with pytest.raises(errors.DPIRInputError, match="already holds another T5 prompt.*overwrite"):
+        save([[b, {}]], name)
+    assert torch.equal(load_file(str(path))["t5_embedding"], a)
+    save([[b, {}]], name, overwrite=True)
+    assert torch.equal(encode("", t5_embedding=path.name)["result"][0][0][0], b)
+    # one prompt per image (a batch of captions): one file each, checked before any is written
+    batch = torch.cat([a, b])
+    (folder / f"{name}_2.safetensors").write_bytes(before)  # a model file under the second name
+    with pytest.raises(errors.DPIRInputError, match="model file"):
+        save([[batch, {}]], name, overwrite=True)
+    assert not (folder / f"{name}_1.safetensors").exists()
+    (folder / f"{name}_2.safetensors").unlink()
+    texts = save([[batch, {}]], name)["ui"]["text"]
+    assert texts == [f"saved {folder / f'{name}_{i}.safetensors'}" for i in (1, 2)]
+    for i, row in ((1, a), (2, b)):
+        assert torch.equal(encode("", t5_embedding=f"{name}_{i}.safetensors")["result"][0][0][0], row)
+    same = torch.cat([a, a])  # the same prompt for every image: one file
+    assert save([[same, {}]], f"{name}_same")["ui"]["text"] == [f"saved {folder / f'{name}_same.safetensors'}"]
