@@ -48,6 +48,8 @@ vae: one-pass tiled decode (DPIR VAE Decode) vs VAEDecodeTiled (three tilings) a
 --whole adds seam figures against an untiled decode (max/mean abs difference, PSNR).
 vae-windows: one-pass decode of one latent in windows of several sizes and 'auto', one run: seconds and peak
 memory per window size (why 'auto' stops at 1024 px windows on the CPU).
+attention: ComfyUI's CPU attention for the DiT (sub-quadratic) vs PyTorch SDPA on SD3-medium tile shapes, one
+run: seconds, peak memory and the largest difference.
 large: dpir_restore_large stage by stage at 2K/4K/8K outputs in one process (×4 of a quarter-size photo): seconds
 and peak memory per stage, the VAE's whole-image/tile choice, and the 8K/2K peak ratio.
 prompts: per-tile visual prompts as the node runs, one crop per tower call, and the floor (one forward of both
@@ -576,6 +578,39 @@ def vae_windows(args):
               f"{m.peak_bytes / 2**20:.0f} ({m.delta_bytes / 2**20:+.0f}) |")
         sys.stdout.flush()
     print(f"\nauto: {choice.text}")
+
+
+def attention(args):
+    """ComfyUI's CPU attention for the DiT (sub-quadratic, chunks sized by the free RAM) vs PyTorch's
+    scaled_dot_product_attention (ComfyUI's 'pytorch' attention) on one joint-attention call of SD3-medium tiles
+    (24 heads × 64, the tile's tokens + 333 context tokens), in one run: seconds, peak memory, max difference."""
+    setup(args)  # ComfyUI on the path, with its command-line defaults
+    import comfy.ldm.modules.attention as attn
+
+    heads, width = 24, 1536
+    print(f"\n## attention: {torch.get_num_threads()} threads, SD3-medium joint attention (24 heads × 64), fp32\n")
+    print("| tile (px) | batch | tokens | sub-quadratic: s, peak MiB (delta) | SDPA: s, peak MiB (delta) | "
+          "sub-quad / SDPA time | max abs diff |\n|---|---|---|---|---|---|---|")
+    for tile in args.tiles:
+        n = (tile // 16) ** 2 + 333
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(args.batch, n, width, generator=g) * 0.5 for _ in range(3))
+        results = {}
+        for name, fn in (("sub", attn.attention_sub_quad), ("sdpa", attn.attention_pytorch)):
+            fn(q[:, :64], k[:, :64], v[:, :64], heads)  # warm-up
+            runs = []
+            for _ in range(args.reps):
+                with Memory(torch.device("cpu")) as m:
+                    out = fn(q, k, v, heads)
+                runs.append(m)
+            results[name] = (out, runs)
+        (a, ra), (b, rb) = results["sub"], results["sdpa"]
+        ts, tp = statistics.median(m.seconds for m in ra), statistics.median(m.seconds for m in rb)
+        cell = lambda rs, t: (f"{t:.2f}, {max(m.peak_bytes for m in rs) / 2**20:.0f} "  # noqa: E731
+                              f"({max(m.delta_bytes for m in rs) / 2**20:+.0f})")
+        print(f"| {tile} | {args.batch} | {n} | {cell(ra, ts)} | {cell(rb, tp)} | {ts / tp:.2f}× | "
+              f"{float((a - b).abs().max()):.2e} |")
+        sys.stdout.flush()
 
 
 def large(args):
@@ -1239,6 +1274,12 @@ def main():
     vw.add_argument("--windows", type=int, nargs="+", default=[1024, 1408, 2048], help="tile sizes in px ('on')")
     vw.add_argument("--overlap", type=int, default=64)
     vw.add_argument("--cpu", action="store_true")
+    at = sub.add_parser("attention")
+    at.add_argument("--size", default="tiny", choices=["tiny"], help=argparse.SUPPRESS)
+    at.add_argument("--tiles", type=int, nargs="+", default=[512, 1024], help="tile sizes in px")
+    at.add_argument("--batch", type=int, default=4, help="tiles per call (the tiled sampler's tile batch)")
+    at.add_argument("--reps", type=int, default=3)
+    at.add_argument("--cpu", action="store_true")
     lg = sub.add_parser("large")
     lg.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
     lg.add_argument("--images", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px (×4)")
@@ -1250,7 +1291,7 @@ def main():
     pr.add_argument("--image", type=int, default=2048)
     pr.add_argument("--tile", type=int, default=768, help="tile size in px (the real-size table's)")
     pr.add_argument("--cpu", action="store_true")
-    for p_ in (v, vw, lg, pr):
+    for p_ in (v, vw, at, lg, pr):
         p_.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
     c = sub.add_parser("cards")
     c.add_argument("--cards", type=int, nargs="+", default=[8, 12, 16, 24], help="VRAM in GB")
@@ -1271,7 +1312,8 @@ def main():
     torch.manual_seed(0)
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
         {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "lq-tiles": lq_tiles,
-         "loadmem": loadmem, "caches": caches, "vae": vae_tiles, "vae-windows": vae_windows, "large": large, "prompts": prompts}[args.cmd](args)
+         "loadmem": loadmem, "caches": caches, "vae": vae_tiles, "vae-windows": vae_windows, "attention": attention,
+         "large": large, "prompts": prompts}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,13 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     TP("comfy.model_management:interrupt_current_processing", "attr", "tests/host/test_tiled.py", CHECKED),
     TP("comfy.model_management:InterruptProcessingException", "attr", "tests/host/test_tiled.py", CHECKED),
     TP("comfy.model_management:unload_all_models", "attr", "bench", CHECKED),
+    TP("comfy.ldm.modules.attention", "source", "nodes/cpu_attention.py", CHECKED,
+       ('"optimized_attention_override" in transformer_options', "def attention_sub_quad("),
+       note="the model option every wrapped attention call consults, called as override(func, *args, **kwargs); "
+            "newer also hands over tensors taken out of its AttentionTensorContainers"),
+    TP("comfy.ldm.modules.diffusionmodules.mmdit", "source", "nodes/cpu_attention.py", NOT_STORED,
+       ("transformer_options=transformer_options",),
+       note="SD3's joint attention passes the model's transformer_options to the attention call"),
     TP("comfy.model_management:get_free_memory", "call", "nodes/tiled_vae.py, nodes/visual_prompt.py", NOT_STORED,
        ("dev",), note="VRAM on CUDA, RAM on the CPU: the tiled VAE's whole-image/tile choice and the tower batches"),
     TP("comfy.sd", "source", "nodes/tiled_vae.py", CHECKED,

@@ -16,7 +16,7 @@ import torch
 
 import reference
 import tiny_models as tm
-from host.comfy_harness import PACK_NAME, find_comfyui, host_device
+from host.comfy_harness import PACK_NAME, find_comfyui, host_device, pack_module
 
 SPEC = tm.TinySpec()
 HOST = find_comfyui()
@@ -195,3 +195,49 @@ def test_t5_tokens_match_the_released_tokenisation(pack_nodes):
         want = hf(text, padding="max_length", max_length=256, truncation=True).input_ids
         assert ours == want
         assert tokens["l"] == [] and tokens["g"] == []
+
+
+def test_cpu_attention_is_sdpa_where_comfyui_would_use_sub_quadratic(pack_nodes, diffusers_models):
+    """The DPIR MODEL's attention override (nodes/cpu_attention.py): every DiT attention call of a sampling run on
+    the CPU reaches it with ComfyUI's sub-quadratic attention and takes the SDPA path; the result stays within
+    the reference's tolerance and within 1e-5 of ComfyUI's own attention; other calls are ComfyUI's, unchanged."""
+    import comfy.ldm.modules.attention as attention
+
+    cpu_attention = pack_module("cpu_attention")
+    z, ctx, pooled = inputs(5)
+    model = lq_model(pack_nodes, z, 1.0)
+    options = model.model_options["transformer_options"]
+    assert options[cpu_attention.KEY] is cpu_attention.sdpa_on_cpu
+    calls = []
+
+    def recording(func, q, k, v, heads, **kwargs):
+        calls.append((func.__name__, q.device.type, q.dtype, q.ndim, kwargs.get("mask")))
+        return cpu_attention.sdpa_on_cpu(func, q, k, v, heads, **kwargs)
+
+    recorded = model.clone()
+    recorded.model_options["transformer_options"][cpu_attention.KEY] = recording
+    comfys = model.clone()
+    del comfys.model_options["transformer_options"][cpu_attention.KEY]
+    ours = sample_model(pack_nodes, model, z, ctx, pooled, 2, 3, 1.0)
+    assert torch.equal(sample_model(pack_nodes, recorded, z, ctx, pooled, 2, 3, 1.0), ours)
+    assert len(calls) == 2 * SPEC.num_layers
+    assert set(calls) == {("attention_sub_quad", "cpu", torch.float32, 3, None)}
+    torch.testing.assert_close(ours, sample_model(pack_nodes, comfys, z, ctx, pooled, 2, 3, 1.0), rtol=0, atol=1e-5)
+    theirs = reference_sample(diffusers_models["transformer"], diffusers_models["control_conv"], z, ctx, pooled,
+                              2, 3, 1.0, 1.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # the function itself against softmax(q kᵀ / √d) v in float64, and ComfyUI's own calls handed back
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 37, 4 * 16, generator=g) for _ in range(3))
+    split = lambda t: t.double().view(2, 37, 4, 16).transpose(1, 2)  # noqa: E731
+    exact = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 4.0, -1) @ split(v)
+    exact = exact.transpose(1, 2).reshape(2, 37, 64)
+    sub_quad = getattr(attention.attention_sub_quad, "__wrapped__", attention.attention_sub_quad)
+    out = cpu_attention.sdpa_on_cpu(sub_quad, q, k, v, 4)
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-6)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(*(t.view(2, 37, 4, 16).transpose(1, 2) for t in (q, k, v)))
+    assert torch.equal(out, sdpa.transpose(1, 2).reshape(2, 37, 64))  # the SDPA path, taken on such calls
+    mask = torch.zeros(37, 37)
+    mask[:, -5:] = float("-inf")
+    for func, kwargs in ((sub_quad, {"mask": mask}), (attention.attention_basic.__wrapped__, {})):
+        assert torch.equal(cpu_attention.sdpa_on_cpu(func, q, k, v, 4, **kwargs), func(q, k, v, 4, **kwargs))
