@@ -18,17 +18,22 @@ KEY = "optimized_attention_override"
 _PASSED = {"transformer_options", "_inside_attn_wrapper", "attn_precision", "scale"}
 
 
-def sdpa_on_cpu(func, q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
-    """ComfyUI's ``func(q, k, v, heads, ...)``, through SDPA when it is the CPU's sub-quadratic attention on fp32
-    (B, tokens, heads × dim) tensors."""
-    if (getattr(func, "__name__", "") != "attention_sub_quad" or q.device.type != "cpu" or mask is not None
-            or skip_reshape or skip_output_reshape or set(kwargs) - _PASSED
-            or not all(t.dtype == torch.float32 and t.ndim == 3 for t in (q, k, v))):
-        return func(q, k, v, heads, mask=mask, skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape,
-                    **kwargs)
+def takes_over(func, q, k, v, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs) -> bool:
+    """Whether ``sdpa_on_cpu`` runs this call itself: ComfyUI's CPU sub-quadratic attention on fp32 tensors, q
+    (B, tokens, heads × dim), no mask, no option it does not know."""
+    return (getattr(func, "__name__", "") == "attention_sub_quad" and q.device.type == "cpu" and mask is None
+            and not skip_reshape and not skip_output_reshape and not set(kwargs) - _PASSED and q.ndim == 3
+            and all(t.dtype == torch.float32 for t in (q, k, v)))
+
+
+def sdpa_on_cpu(func, q, k, v, heads, **kwargs):
+    """ComfyUI's attention call ``func(q, k, v, heads, ...)``, through SDPA where ``takes_over`` says so."""
+    if not takes_over(func, q, k, v, **kwargs):
+        return func(q, k, v, heads, **kwargs)
     b, _, inner = q.shape
     dim = inner // heads
-    q, k, v = (t.view(b, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
+    # k and v as ComfyUI reshapes them: SD3 hands v over as (B, tokens, heads, dim)
+    q, k, v = (t.reshape(b, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, scale=kwargs.get("scale"))
     return out.transpose(1, 2).reshape(b, -1, inner)
 

@@ -211,7 +211,7 @@ def test_cpu_attention_is_sdpa_where_comfyui_would_use_sub_quadratic(pack_nodes,
     calls = []
 
     def recording(func, q, k, v, heads, **kwargs):
-        calls.append((func.__name__, q.device.type, q.dtype, q.ndim, kwargs.get("mask")))
+        calls.append((func.__name__, cpu_attention.takes_over(func, q, k, v, **kwargs)))
         return cpu_attention.sdpa_on_cpu(func, q, k, v, heads, **kwargs)
 
     recorded = model.clone()
@@ -221,7 +221,7 @@ def test_cpu_attention_is_sdpa_where_comfyui_would_use_sub_quadratic(pack_nodes,
     ours = sample_model(pack_nodes, model, z, ctx, pooled, 2, 3, 1.0)
     assert torch.equal(sample_model(pack_nodes, recorded, z, ctx, pooled, 2, 3, 1.0), ours)
     assert len(calls) == 2 * SPEC.num_layers
-    assert set(calls) == {("attention_sub_quad", "cpu", torch.float32, 3, None)}
+    assert set(calls) == {("attention_sub_quad", True)}  # every call: ComfyUI's CPU default, run as SDPA
     torch.testing.assert_close(ours, sample_model(pack_nodes, comfys, z, ctx, pooled, 2, 3, 1.0), rtol=0, atol=1e-5)
     theirs = reference_sample(diffusers_models["transformer"], diffusers_models["control_conv"], z, ctx, pooled,
                               2, 3, 1.0, 1.0)
@@ -237,6 +237,8 @@ def test_cpu_attention_is_sdpa_where_comfyui_would_use_sub_quadratic(pack_nodes,
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-6)
     sdpa = torch.nn.functional.scaled_dot_product_attention(*(t.view(2, 37, 4, 16).transpose(1, 2) for t in (q, k, v)))
     assert torch.equal(out, sdpa.transpose(1, 2).reshape(2, 37, 64))  # the SDPA path, taken on such calls
+    # v as SD3's joint attention hands it over: (B, tokens, heads, dim)
+    assert torch.equal(cpu_attention.sdpa_on_cpu(sub_quad, q, k, v.view(2, 37, 4, 16), 4), out)
     mask = torch.zeros(37, 37)
     mask[:, -5:] = float("-inf")
     for func, kwargs in ((sub_quad, {"mask": mask}), (attention.attention_basic.__wrapped__, {})):
