@@ -581,11 +581,15 @@ def vae_windows(args):
 
 
 def attention(args):
-    """ComfyUI's CPU attention for the DiT (sub-quadratic, chunks sized by the free RAM) vs PyTorch's
-    scaled_dot_product_attention (ComfyUI's 'pytorch' attention) on one joint-attention call of SD3-medium tiles
-    (24 heads × 64, the tile's tokens + 333 context tokens), in one run: seconds, peak memory, max difference."""
+    """ComfyUI's CPU attention for the DiT (sub-quadratic, chunks sized by the free RAM) vs the pack's
+    ``cpu_attention.sdpa_on_cpu`` (PyTorch's scaled_dot_product_attention) on one joint-attention call of
+    SD3-medium tiles (24 heads × 64, the tile's tokens + 333 context tokens), in one run: seconds, peak memory,
+    max difference."""
     setup(args)  # ComfyUI on the path, with its command-line defaults
     import comfy.ldm.modules.attention as attn
+
+    cpu_attention = sys.modules[f"{PACK_NAME}.nodes.cpu_attention"]
+    sub_quad = getattr(attn.attention_sub_quad, "__wrapped__", attn.attention_sub_quad)
 
     heads, width = 24, 1536
     print(f"\n## attention: {torch.get_num_threads()} threads, SD3-medium joint attention (24 heads × 64), fp32\n")
@@ -594,9 +598,11 @@ def attention(args):
     for tile in args.tiles:
         n = (tile // 16) ** 2 + 333
         g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(args.batch, n, width, generator=g) * 0.5 for _ in range(3))
+        q, k = (torch.randn(args.batch, n, width, generator=g) * 0.5 for _ in range(2))
+        v = torch.randn(args.batch, n, heads, width // heads, generator=g) * 0.5  # as SD3 hands it over
         results = {}
-        for name, fn in (("sub", attn.attention_sub_quad), ("sdpa", attn.attention_pytorch)):
+        for name, fn in (("sub", attn.attention_sub_quad),
+                         ("sdpa", lambda *a: cpu_attention.sdpa_on_cpu(sub_quad, *a))):
             fn(q[:, :64], k[:, :64], v[:, :64], heads)  # warm-up
             runs = []
             for _ in range(args.reps):
