@@ -47,7 +47,7 @@ cards: the 'Which card runs what' table from ComfyUI's own memory estimates (no 
 vae: one-pass tiled decode (DPIR VAE Decode) vs VAEDecodeTiled (three tilings) at the same tile size, one run;
 --whole adds seam figures against an untiled decode (max/mean abs difference, PSNR).
 vae-windows: one-pass decode of one latent in windows of several sizes and 'auto', one run: seconds and peak
-memory per window size (why 'auto' stops at 1024 px windows on the CPU).
+memory per window size (why 'auto' stops at 768 px windows on the CPU).
 attention: ComfyUI's CPU attention for the DiT (sub-quadratic) vs PyTorch SDPA on SD3-medium tile shapes, one
 run: seconds, peak memory and the largest difference.
 large: dpir_restore_large stage by stage at 2K/4K/8K outputs in one process (×4 of a quarter-size photo): seconds
@@ -512,19 +512,25 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
-def vae_tiles(args):
-    """One-pass tiled decode (DPIR VAE Decode) vs ComfyUI's VAEDecodeTiled (three tilings) at the same tile size and
-    overlap, in one run; with --whole, both against an untiled decode of the same latent (seams)."""
+def robust_vae_and_latent(args):
+    """(device, the real-shape robust VAE, the pack's nodes.tiled_vae, a photo-like latent of --image px), warm."""
     device, _, nodes, models = setup(args)
     import comfy.sd
     import comfy.utils
-    from nodes import VAEDecodeTiled
 
     stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
     vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
-    tvae = sys.modules[f"{PACK_NAME}.nodes.tiled_vae"]
     z = photo_latent(args.image // 8) * 0.5
     vae.decode(z[:, :, :16, :16])  # warm-up
+    return device, vae, sys.modules[f"{PACK_NAME}.nodes.tiled_vae"], z
+
+
+def vae_tiles(args):
+    """One-pass tiled decode (DPIR VAE Decode) vs ComfyUI's VAEDecodeTiled (three tilings) at the same tile size and
+    overlap, in one run; with --whole, both against an untiled decode of the same latent (seams)."""
+    device, vae, tvae, z = robust_vae_and_latent(args)
+    from nodes import VAEDecodeTiled
+
     print(f"device {device}, SD3 VAE (real shape, random weights), {args.image}², tiles {args.tile} px, overlap "
           f"{args.overlap} px", file=sys.stderr)
     with Memory(device) as one:
@@ -551,16 +557,8 @@ def vae_tiles(args):
 
 def vae_windows(args):
     """One-pass decode of the same latent in windows of several sizes, and 'auto', in one run: seconds and peak
-    memory per window size (on the CPU, why 'auto' stops at 1024 px windows)."""
-    device, _, nodes, models = setup(args)
-    import comfy.sd
-    import comfy.utils
-
-    stock = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / "sd3_vae.safetensors")))
-    vae = nodes["DPIRRobustVAELoader"]().load("robust_vae/diffusion_pytorch_model.safetensors", vae=stock)[0]
-    tvae = sys.modules[f"{PACK_NAME}.nodes.tiled_vae"]
-    z = photo_latent(args.image // 8) * 0.5
-    vae.decode(z[:, :, :16, :16])  # warm-up
+    memory per window size (on the CPU, why 'auto' stops at 768 px windows)."""
+    device, vae, tvae, z = robust_vae_and_latent(args)
     print(f"device {device}, SD3 VAE (real shape, random weights), {args.image}², overlap {args.overlap} px",
           file=sys.stderr)
     print(f"\n## vae-windows: {device.type}, {args.image}², overlap {args.overlap} px\n")

@@ -6,11 +6,12 @@ are loaded, times ``MARGIN``. Above it the image is cut into the largest square 
 (``models.tiled_vae.largest_tile``), each encoded/decoded once with ``VAE.encode``/``VAE.decode`` and blended with
 feathered overlaps (``models.tiled_vae``). ``VAEChoice.text`` says what was chosen and why.
 
-On the CPU 'auto' tiles are also at most the 'on' tile (``TILE`` = 1024 px): ComfyUI's CPU VAE attention
+On the CPU 'auto' tiles are also at most ``CPU_TILE`` (768 px): ComfyUI's CPU VAE attention
 (``slice_attention``) takes one slice whenever the whole score matrix fits in the free RAM, so a window of s px
-holds about 2.5 × (s/8)⁴ × 4 bytes (10.7 GB at 1600 px, 2.7 GB at 1024 px) that ComfyUI's linear estimate does
-not count. Larger windows are not faster on the CPU (convolutions dominate and the attention's share grows with
-the window), so the cap keeps the VAE's peak from growing with the photo (docs/large-images.md).
+holds about 2.5 × (s/8)⁴ × 4 bytes (10.7 GB at 1600 px, 2.7 GB at 1024 px, 0.85 GB at 768 px) that ComfyUI's
+linear estimate does not count. Larger windows are not faster on the CPU (convolutions dominate and the
+attention's share grows with the window), and with 768 px the windows stay 728–744 px from 2K to 8K, so the
+VAE's peak does not grow with the photo (docs/large-images.md).
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ TILED_VAE = ("auto", "on", "off")
 MARGIN = 0.8  # of the free memory: ComfyUI's estimate is per image; leave room for the output and the blend
 OVERLAP = 64  # px between neighbouring tiles (8 latent px for SD3): the ramp of the feathered blend
 TILE = 1024  # px, tiles for 'on'
+CPU_TILE = 768  # px, the largest 'auto' tile on the CPU (see above)
 TOOLTIP = ("'auto': tile only when ComfyUI's memory estimate for the whole image exceeds the free memory of the VAE's "
-           "device (VRAM on a GPU, RAM on the CPU), in the largest tiles that fit (on the CPU at most {tile} px, "
+           "device (VRAM on a GPU, RAM on the CPU), in the largest tiles that fit (on the CPU at most {cpu_tile} px, "
            "which keeps its memory flat from 2K to 8K); each region is processed once and "
            "tiles blend over {overlap} px. 'on': {tile} px tiles. 'off': whole image. The choice made is logged, "
            "shown on the node after a run and in the tile overlay of 'DPIR Tiled Global-Local Prompt'.")
-TOOLTIP = TOOLTIP.format(overlap=OVERLAP, tile=TILE)
+TOOLTIP = TOOLTIP.format(overlap=OVERLAP, tile=TILE, cpu_tile=CPU_TILE)
 
 
 class VAEChoice(NamedTuple):
@@ -83,8 +85,8 @@ def choose(vae, mode: str, shape, kind: str, tile_px: int = TILE, overlap_px: in
     comfy.model_management.load_models_gpu([vae.patcher])
     free = float(comfy.model_management.get_free_memory(vae.device))
     budget = free * MARGIN
-    # on the CPU at most the 'on' tile: see the module's docstring
-    cap = max(h, w) if torch.device(vae.device).type != "cpu" else max(overlap + 1, tile_px // scale)
+    # on the CPU at most CPU_TILE: see the module's docstring
+    cap = max(h, w) if torch.device(vae.device).type != "cpu" else max(overlap + 1, min(tile_px, CPU_TILE) // scale)
     if estimate <= budget and max(h, w) <= cap:
         return VAEChoice(whole, None, estimate, free, f"VAE {kind}: whole image (ComfyUI's estimate {_gib(estimate)} "
                          f"fits in {_gib(free)} free × {MARGIN})")

@@ -124,7 +124,7 @@ def test_thin_image_at_full_size_tiled_keeps_its_exact_size(server, object_info,
     api = api_of("dpir_restore_large", server, object_info, workflow_api, LoadImage={"image": "thin_full.png"},
                  DPIRRobustVAEEncode=KEEP, DPIRSamplerPatch={"steps": STEPS},
                  DPIRTiledPrompt={"tile_size": 1024, "tile_overlap": 128, "seam_shift": False})
-    assert api[node_id(api, "DPIRVAEDecode")]["inputs"]["tiled_vae"] == "auto"  # 1024 px windows on the CPU
+    assert api[node_id(api, "DPIRVAEDecode")]["inputs"]["tiled_vae"] == "auto"  # 768 px windows on the CPU
     (image,) = saved_images(server, server.run(api, timeout=900))
     assert image.shape == (16, 1600, 3) and image.std() > 0
 
@@ -276,26 +276,27 @@ class SmallEstimateVAE(RecordingVAE):
         return shape[2] * shape[3] * 64
 
 
-def test_auto_windows_stop_at_1024_px_on_the_cpu(pack_nodes):
+def test_auto_windows_stop_at_768_px_on_the_cpu(pack_nodes):
     """On the CPU ComfyUI's VAE attention fills the free RAM with a score matrix that grows with the square of the
-    window's area, which its estimate does not count: 'auto' cuts windows of at most 1024 px there even when the
-    estimate says the whole image fits, and says why; up to 1024 px the whole image is one pass."""
+    window's area, which its estimate does not count: 'auto' cuts windows of at most 768 px there even when the
+    estimate says the whole image fits, and says why; up to 768 px the whole image is one pass."""
     tvae = pack_module("nodes.tiled_vae")
     vae = SmallEstimateVAE()
     latent, choice = tvae.encode(vae, torch.rand(1, 2048, 1536, 3), "auto")
     assert latent.shape == (1, 16, 256, 192)
     shapes = [c[1] for c in vae.calls]
-    assert len(shapes) == choice.plan.count == 6 and max(max(s[1], s[2]) for s in shapes) <= 1024
-    assert "at most 1024 px on the CPU" in choice.text and "estimate" not in choice.text
+    assert len(shapes) == choice.plan.count == 9 and max(max(s[1], s[2]) for s in shapes) <= 768
+    assert "at most 768 px on the CPU" in choice.text and "estimate" not in choice.text
     vae.calls.clear()
-    _, choice = tvae.decode(vae, torch.zeros(1, 16, 128, 96), "auto")
-    assert vae.calls == [("decode", (1, 16, 128, 96))] and "whole image" in choice.text
-    # an estimate that exceeds any RAM for the whole 8K latent (1.1 TB) and fits for a 1024 px tile (268 MB), as
-    # the quadratic term would: both reasons are given, whatever this machine has free
+    _, choice = tvae.decode(vae, torch.zeros(1, 16, 96, 72), "auto")
+    assert vae.calls == [("decode", (1, 16, 96, 72))] and "whole image" in choice.text
+    # an estimate that exceeds any RAM for the whole 8K latent (1.1 TB) and fits for a 768 px tile (85 MB), as
+    # the quadratic term would: both reasons are given, whatever this machine has free; 12 × 12 windows of
+    # 744 px, as near the 2K image's 728 px as the 8 px latent grid allows
     vae = QuadraticEstimateVAE()
     _, choice = tvae.decode(vae, torch.zeros(1, 16, 1024, 1024), "auto")
-    assert choice.tile_px == 1024 and choice.plan.count == 81
-    assert "estimate" in choice.text and "at most 1024 px on the CPU" in choice.text
+    assert choice.tile_px == 768 and choice.plan.count == 144
+    assert "estimate" in choice.text and "at most 768 px on the CPU" in choice.text
 
 
 class QuadraticEstimateVAE(RecordingVAE):

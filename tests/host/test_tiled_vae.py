@@ -19,8 +19,8 @@ DECODE_MEAN = 0.06
 # measured 0.486; misplaced or unnormalised tiles give > 1)
 ENCODE_REL = 0.8
 # the large workflow (tiny DiT, SD3 VAE architecture), 1088×816 px after the colour fix: one pass in 1024 px tiles vs
-# the whole image and vs the old three tilings measured 39.1 / 39.1 dB; the shipped 'auto' (then the whole image) vs
-# the old 42.2 dB (on the CPU 'auto' now takes the 1024 px windows of 'on')
+# the whole image and vs the old three tilings measured 39.1 / 39.1 dB; the shipped 'auto' vs the old: 42.2 dB as the
+# whole image, 36.5 dB in the CPU's 2 × 2 windows of at most 768 px
 WORKFLOW_PSNR_DB = 35.0
 
 
@@ -81,7 +81,7 @@ def test_large_workflow_one_pass_decode_against_three_tilings(dpir_server, objec
     """The shipped large workflow decodes with DPIR VAE Decode; before, it used the core 'VAE Decode (Tiled)'
     (three tilings averaged, 1024 px tiles, 64 px overlap). One prompt, one sampled latent of a 1088×816 px result
     (tiny DiT, SD3 VAE architecture), each decode followed by the workflow's colour fix: the shipped node ('auto':
-    on the CPU windows of at most 1024 px, here those of 'on'; on a GPU the whole image when it fits), the same
+    on the CPU windows of at most 768 px, 2 × 2 here; on a GPU the whole image when it fits), the same
     forced to 1024 px tiles ('on': 2 × 1 windows) and the old core node. The one pass stays within the stated bound of the untiled image and of the old output."""
     dpir_server.add_input(write_photo(tmp_path / PHOTO))
     api = api_of("dpir_restore_large", dpir_server, object_info, workflow_api,
