@@ -50,6 +50,8 @@ vae-windows: one-pass decode of one latent in windows of several sizes and 'auto
 memory per window size (why 'auto' stops at 768 px windows on the CPU).
 attention: ComfyUI's CPU attention for the DiT (sub-quadratic) vs PyTorch SDPA on SD3-medium tile shapes, one
 run: seconds, peak memory and the largest difference.
+colour-fix: DPIR Colour Fix before (image-size copies) and now (strips into the output IMAGE), one run:
+seconds and peak memory per output size, and whether the results are identical.
 large: dpir_restore_large stage by stage at 2K/4K/8K outputs in one process (×4 of a quarter-size photo): seconds
 and peak memory per stage, the VAE's whole-image/tile choice, and the 8K/2K peak ratio.
 prompts: per-tile visual prompts as the node runs, one crop per tower call, and the floor (one forward of both
@@ -576,6 +578,47 @@ def vae_windows(args):
               f"{m.peak_bytes / 2**20:.0f} ({m.delta_bytes / 2**20:+.0f}) |")
         sys.stdout.flush()
     print(f"\nauto: {choice.text}")
+
+
+def colour_fix_memory(args):
+    """DPIR Colour Fix (wavelet) as before, on clamped (B, 3, H, W) copies of both IMAGEs, with the preview's
+    PNG bytes made from a whole-image float copy, vs the node now (strips of the inputs into the output IMAGE,
+    PNG bytes a strip at a time), in one run: seconds, peak memory over the two input IMAGEs, same result."""
+    device, _, nodes, _ = setup(args)
+    images = sys.modules[f"{PACK_NAME}.nodes.images"]
+    web_ui = sys.modules[f"{PACK_NAME}.nodes.web_ui"]
+    fix = sys.modules[f"{PACK_NAME}.models.colour_fix"].colour_fix
+    node = nodes["DPIRColourFix"]()
+
+    def before(image, lq):
+        out = images.to_bhwc(fix(images.to_bchw(image), images.to_bchw(lq), "wavelet"))
+        (out[0].clamp(0, 1).numpy() * 255.0).round().astype("uint8")
+        (images.to_bhwc(images.to_bchw(lq))[0].clamp(0, 1).numpy() * 255.0).round().astype("uint8")
+        return out
+
+    def now(image, lq):
+        (out,) = node.fix(image, lq, "wavelet")
+        web_ui._rgb8(out[0]), web_ui._rgb8(images.bchw_view(lq).movedim(1, -1)[0])
+        return out
+
+    print(f"\n## colour-fix: {device.type}, wavelet, one image and its LQ at the output size\n")
+    print("| image | one IMAGE (MiB) | before: s, peak delta (MiB) | now: s, peak delta (MiB) | peak ratio | same |\n"
+          "|---|---|---|---|---|---|")
+    for side in args.images:
+        g = torch.Generator().manual_seed(side)
+        image, lq = torch.rand(1, side, side, 3, generator=g), torch.rand(1, side, side, 3, generator=g)
+        runs = []
+        for run in (before, now):
+            with Memory(device) as m:
+                out = run(image, lq)
+            runs.append((m, out))
+            del out
+        (a, x), (b, y) = runs
+        print(f"| {side}² | {image.numel() * 4 / 2**20:.0f} | {a.seconds:.1f}, +{a.delta_bytes / 2**20:.0f} | "
+              f"{b.seconds:.1f}, +{b.delta_bytes / 2**20:.0f} | {a.delta_bytes / max(1, b.delta_bytes):.2f}× | "
+              f"{torch.equal(x, y)} |")
+        sys.stdout.flush()
+        del runs, x, y
 
 
 def attention(args):
@@ -1284,6 +1327,10 @@ def main():
     at.add_argument("--batch", type=int, default=4, help="tiles per call (the tiled sampler's tile batch)")
     at.add_argument("--reps", type=int, default=3)
     at.add_argument("--cpu", action="store_true")
+    cf = sub.add_parser("colour-fix")
+    cf.add_argument("--size", default="tiny", choices=["tiny"], help=argparse.SUPPRESS)
+    cf.add_argument("--images", type=int, nargs="+", default=[2048, 4096, 8192], help="square output sizes in px")
+    cf.add_argument("--cpu", action="store_true")
     lg = sub.add_parser("large")
     lg.add_argument("--size", default="small", choices=["tiny", "small", "sd3-medium"])
     lg.add_argument("--images", type=int, nargs="+", default=[2048, 4096, 8192], help="output sizes in px (×4)")
@@ -1295,7 +1342,7 @@ def main():
     pr.add_argument("--image", type=int, default=2048)
     pr.add_argument("--tile", type=int, default=768, help="tile size in px (the real-size table's)")
     pr.add_argument("--cpu", action="store_true")
-    for p_ in (v, vw, at, lg, pr):
+    for p_ in (v, vw, at, cf, lg, pr):
         p_.add_argument("--models", type=Path, help="folder of model files: written there once, reused after")
     c = sub.add_parser("cards")
     c.add_argument("--cards", type=int, nargs="+", default=[8, 12, 16, 24], help="VRAM in GB")
@@ -1317,6 +1364,7 @@ def main():
     with torch.inference_mode():  # as ComfyUI runs a prompt; without it autograd keeps every activation
         {"pipeline": pipeline, "overhead": overhead, "memory": memory, "tiles": tiles, "lq-tiles": lq_tiles,
          "loadmem": loadmem, "caches": caches, "vae": vae_tiles, "vae-windows": vae_windows, "attention": attention,
+         "colour-fix": colour_fix_memory,
          "large": large, "prompts": prompts}[args.cmd](args)
 
 

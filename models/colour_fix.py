@@ -131,33 +131,38 @@ def _check_levels(levels) -> int:
 
 
 def wavelet_colour_fix(content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS,
-                       strip_bytes: int = STRIP_BYTES) -> torch.Tensor:
+                       strip_bytes: int = STRIP_BYTES, out: torch.Tensor | None = None) -> torch.Tensor:
     """Content's high frequencies + style's low frequencies (StableSR ``wavelet_reconstruction``).
 
     ``content``: restored images (B, 3, H, W) in [0, 1]; ``style``: LQ images
-    (1 or B, 3, h, w) in [0, 1], resized to (H, W) if needed. ``levels``
+    (1 or B, 3, h, w) in [0, 1], resized to (H, W) if needed; values outside [0, 1] are clamped first. ``levels``
     blurs with dilations 1, 2, ..., 2**(levels-1) (5 in the release).
     Images larger than ``strip_bytes`` are done in strips of rows, with the same result.
-    Returns (B, 3, H, W) in [0, 1] with content's dtype and device.
+    Returns (B, 3, H, W) in [0, 1] with content's dtype and device; with ``out`` (float32, content's shape,
+    any strides: a channels-last view of a ComfyUI IMAGE) the result is written there and ``out`` returned,
+    and the inputs may be views of larger images: only strips are copied (an 8K image is 0.8 GB a copy).
     """
     levels = _check_levels(levels)
     c, s = _prepare(content, style)
+    if out is not None and (out.shape != c.shape or out.dtype != torch.float32):
+        raise DPIRInputError(f"the colour fix's output must be float32 of shape {tuple(c.shape)}, got "
+                             f"{out.dtype} {tuple(out.shape)}")
     # the blurs reach 1 + 2 + ... + 2**(levels-1) rows: strips with that halo give the whole image's values exactly,
     # and the work buffers stay the size of a strip (an 8K image would need about 7 image-size buffers at once)
     def rows_fixed(a: int, b: int) -> torch.Tensor:
-        cs = c[..., a:b, :]
-        return cs - wavelet_low_freq(cs, levels) + wavelet_low_freq(s[..., a:b, :], levels)
+        cs, ss = c[..., a:b, :].clamp(0.0, 1.0), s[..., a:b, :].clamp(0.0, 1.0)
+        return cs - wavelet_low_freq(cs, levels) + wavelet_low_freq(ss, levels)
 
     halo, height = 2 ** levels - 1, c.shape[-2]
     rows = max(1, strip_bytes // (c[..., :1, :].numel() * c.element_size()))
-    if rows >= height:
+    if rows >= height and out is None:
         return _finish(rows_fixed(0, height), content)
-    out = torch.empty_like(c)
+    result = torch.empty_like(c) if out is None else out
     for y0 in range(0, height, rows):
         y1 = min(height, y0 + rows)
         a = max(0, y0 - halo)
-        out[..., y0:y1, :] = rows_fixed(a, min(height, y1 + halo))[..., y0 - a:y1 - a, :]
-    return _finish(out, content)
+        result[..., y0:y1, :] = rows_fixed(a, min(height, y1 + halo))[..., y0 - a:y1 - a, :].clamp_(0.0, 1.0)
+    return result if out is not None else result.to(content.dtype)
 
 
 def calc_mean_std(feat: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Tensor, torch.Tensor]:

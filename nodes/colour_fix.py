@@ -1,8 +1,10 @@
 """Colour fix of the restored image against the LQ image, once, on the whole image."""
 from __future__ import annotations
 
-from ..models.colour_fix import COLOUR_FIX_METHODS, colour_fix
-from .images import to_bchw, to_bhwc
+import torch
+
+from ..models.colour_fix import COLOUR_FIX_METHODS, colour_fix, wavelet_colour_fix
+from .images import bchw_view, to_bchw, to_bhwc
 from .web_ui import compare_ui
 
 
@@ -24,18 +26,28 @@ class DPIRColourFix:
             "method": (list(COLOUR_FIX_METHODS), {"default": "wavelet"}),
         }}
 
-    def fix(self, image, lq_image, method):
-        content, style = to_bchw(image, "image"), to_bchw(lq_image, "LQ image")
+    @staticmethod
+    def _uncropped(content, style):
         h, w = style.shape[-2:]
         ch, cw = content.shape[-2:]
         if ch >= h and cw >= w and ch - h < 16 and cw - w < 16:  # the encoder's padding
             content = content[:, :, :h, :w]
-        return (to_bhwc(colour_fix(content, style, method)),)
+        return content, style
+
+    def fix(self, image, lq_image, method):
+        if method != "wavelet":  # whole-image statistics: on clamped (B, 3, H, W) copies
+            content, style = self._uncropped(to_bchw(image, "image"), to_bchw(lq_image, "LQ image"))
+            return (to_bhwc(colour_fix(content, style, method)),)
+        # the default streams strips of the inputs into the output IMAGE: no image-size copies (0.8 GB each at 8K)
+        content, style = self._uncropped(bchw_view(image, "image"), bchw_view(lq_image, "LQ image"))
+        out = torch.empty((content.shape[0], *content.shape[-2:], 3), dtype=torch.float32, device=content.device)
+        wavelet_colour_fix(content, style, out=out.movedim(-1, 1))
+        return (out,)
 
     def fix_with_preview(self, image, lq_image, method):
         """``fix`` plus the before/after view's images (web/js/dpir_compare.js); the outputs are the same."""
         out = self.fix(image, lq_image, method)
-        return {"ui": compare_ui(to_bhwc(to_bchw(lq_image, "LQ image")), out[0]), "result": out}
+        return {"ui": compare_ui(bchw_view(lq_image, "LQ image").movedim(1, -1), out[0]), "result": out}
 
 
 NODE_CLASS_MAPPINGS = {"DPIRColourFix": DPIRColourFix}

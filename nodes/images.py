@@ -5,19 +5,26 @@ import torch.nn.functional as F
 from ..models.errors import DPIRInputError
 
 
-def to_bchw(image: torch.Tensor, what: str = "image") -> torch.Tensor:
-    """RGB (B, 3, H, W) float32 from an IMAGE; greyscale is repeated, alpha dropped, NaN/Inf refused."""
+def bchw_view(image: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """RGB (B, 3, H, W) float32 view of an IMAGE (a copy only if it is not float32), values as they are;
+    greyscale is repeated, alpha dropped, NaN/Inf refused."""
     if image.ndim == 3:
         image = image[None]
-    if image.ndim != 4 or image.shape[-1] not in (1, 2, 3, 4) or image.shape[1] < 1 or image.shape[2] < 1:
+    if image.ndim != 4 or image.shape[-1] not in (1, 2, 3, 4) or min(image.shape[:3]) < 1:
         raise DPIRInputError(f"the {what} must be a ComfyUI IMAGE (batch, height, width, channels), got "
                              f"{tuple(image.shape)}; wire the output of Load Image or another image node")
     x = image.float()
-    if not torch.isfinite(x).all():
+    # max and min carry NaN and ±inf through: no image-size mask (an 8K image's would be 0.2 GB)
+    if not (torch.isfinite(x.amax()) and torch.isfinite(x.amin())):
         raise DPIRInputError(f"the {what} contains NaN or infinite values; check the node that produced it")
     c = x.shape[-1]
     x = x[..., :3] if c >= 3 else x[..., :1].expand(*x.shape[:-1], 3)
-    return _clamped_copy(x.movedim(-1, 1))
+    return x.movedim(-1, 1)
+
+
+def to_bchw(image: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """``bchw_view`` as a contiguous copy clamped to [0, 1]."""
+    return _clamped_copy(bchw_view(image, what))
 
 
 def to_bhwc(images: torch.Tensor) -> torch.Tensor:

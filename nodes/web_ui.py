@@ -50,6 +50,17 @@ def _suffix() -> str:
     return "".join(random.choice(string.ascii_lowercase) for _ in range(5))
 
 
+def _rgb8(img: torch.Tensor, strip_values: int = 2**24) -> np.ndarray:
+    """(H, W, C) float in [0, 1] as (H, W, 3) uint8, a strip of rows at a time: a float copy of an 8K image is
+    0.8 GB, and an RGB PNG needs only the bytes."""
+    rgb = img[..., :3] if img.shape[-1] >= 3 else img[..., :1].expand(*img.shape[:-1], 3)
+    out = torch.empty(rgb.shape, dtype=torch.uint8)
+    rows = max(1, strip_values // max(1, rgb[:1].numel()))
+    for y in range(0, rgb.shape[0], rows):
+        out[y:y + rows] = rgb[y:y + rows].clamp(0, 1).mul_(255.0).round_()
+    return out.numpy()
+
+
 def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict]:
     """A (B, H, W, C) IMAGE batch as 8-bit PNGs in ComfyUI's temp folder; their ``/view`` references."""
     out_dir = folder_paths.get_temp_directory()
@@ -58,11 +69,8 @@ def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict]:
         f"{prefix}_temp_{_suffix()}", out_dir, images.shape[2], images.shape[1])
     refs = []
     for i, img in enumerate(images):
-        arr = (img[..., :3].clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
-        if arr.shape[-1] == 1:
-            arr = arr.repeat(3, axis=-1)
         file = f"{name}_{counter + i:05}_.png"
-        Image.fromarray(arr).save(os.path.join(full, file), compress_level=1)  # Preview Image's level: fast
+        Image.fromarray(_rgb8(img)).save(os.path.join(full, file), compress_level=1)  # Preview Image's level: fast
         refs.append({"filename": file, "subfolder": subfolder, "type": "temp"})
     return refs
 

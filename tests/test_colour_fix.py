@@ -118,6 +118,24 @@ def test_wavelet_in_strips_is_the_whole_image_fix(rows, levels):
     np.testing.assert_allclose(strips.numpy(), want, atol=1e-5, rtol=0)
 
 
+def test_wavelet_streams_channels_last_views_into_the_output():
+    """The node's path: content and style are channels-last views of ComfyUI IMAGEs (alpha channel, values outside
+    [0, 1]) and the result is written into a channels-last view of the output IMAGE, strip by strip. The values are
+    those of the fix on clamped contiguous copies, to the bit; the inputs are left as they were."""
+    torch.manual_seed(3)
+    image, lq = torch.rand(2, 97, 41, 4) * 1.4 - 0.2, torch.rand(1, 97, 41, 3) * 1.4 - 0.2
+    before = image.clone(), lq.clone()
+    content, style = image[..., :3].movedim(-1, 1), lq.movedim(-1, 1)
+    want = wavelet_colour_fix(content.clamp(0, 1).contiguous(), style.clamp(0, 1).contiguous())
+    for rows in (3, 40, 97):
+        out = torch.full((2, 97, 41, 3), float("nan"))
+        got = wavelet_colour_fix(content, style, out=out.movedim(-1, 1), strip_bytes=rows * 2 * 3 * 41 * 4)
+        assert got.data_ptr() == out.data_ptr() and torch.equal(out.movedim(-1, 1), want), rows
+    assert torch.equal(image, before[0]) and torch.equal(lq, before[1])
+    with pytest.raises(DPIRInputError, match="float32 of shape"):
+        wavelet_colour_fix(content, style, out=torch.empty(2, 3, 97, 40))
+
+
 @pytest.mark.parametrize("levels", [1, 2, 3, 7])
 def test_wavelet_levels(levels):
     content, style = rand(1, 3, 20, 30), rand(1, 3, 20, 30)

@@ -192,6 +192,32 @@ def test_image_layouts_and_non_finite_values(pack_nodes):
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1 and out.shape == (1, 13, 11, 3)
 
 
+def test_colour_fix_node_streams_with_the_same_result(pack_nodes):
+    """DPIR Colour Fix's wavelet fix reads strips of its input IMAGEs and writes its output IMAGE directly (no
+    image-size copies: 0.8 GB each at 8K): the result is the fix on clamped (B, 3, H, W) copies, to the bit, for
+    RGB, greyscale and RGBA inputs, the encoder's padding cropped; the inputs are left alone. The preview's PNG
+    bytes, made a strip at a time, are those of the whole-image conversion."""
+    to_bchw, to_bhwc = pack_module("nodes.images").to_bchw, pack_module("nodes.images").to_bhwc
+    colour_fix = pack_module("models.colour_fix").colour_fix
+    rgb8 = pack_module("nodes.web_ui")._rgb8
+    node = pack_nodes["DPIRColourFix"]()
+    torch.manual_seed(0)
+    for channels in (1, 3, 4):
+        image, lq = torch.rand(2, 64, 48, channels) * 1.2 - 0.1, torch.rand(1, 53, 41, 3)
+        before = image.clone()
+        (got,) = node.fix(image, lq, "wavelet")
+        want = to_bhwc(colour_fix(to_bchw(image)[:, :, :53, :41], to_bchw(lq), "wavelet"))
+        assert got.shape == (2, 53, 41, 3) and got.is_contiguous() and torch.equal(got, want), channels
+        assert torch.equal(image, before)
+        for method in ("adain", "none"):
+            assert torch.equal(node.fix(image, lq, method)[0],
+                               to_bhwc(colour_fix(to_bchw(image)[:, :, :53, :41], to_bchw(lq), method)))
+        img = image[0]
+        old = (img[..., :3].clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+        old = old.repeat(3, axis=-1) if old.shape[-1] == 1 else old
+        assert np.array_equal(rgb8(img, strip_values=7 * 48 * 3), old), channels
+
+
 class RecordingVAE:
     """A 16-channel VAE that records the calls the nodes make and returns zeros; ComfyUI's SD-family memory estimates
     (comfy/sd.py) and a real ModelPatcher, so the nodes choose whole image or tiles as with a real VAE."""
