@@ -598,7 +598,7 @@ def colour_fix_memory(args):
 
     def now(image, lq):
         (out,) = node.fix(image, lq, "wavelet")
-        web_ui._rgb8(out[0]), web_ui._rgb8(images.bchw_view(lq).movedim(1, -1)[0])
+        web_ui._rgb8(out[0]), web_ui._rgb8(lq[0])
         return out
 
     print(f"\n## colour-fix: {device.type}, wavelet, one image and its LQ at the output size\n")
@@ -612,7 +612,6 @@ def colour_fix_memory(args):
             with Memory(device) as m:
                 out = run(image, lq)
             runs.append((m, out))
-            del out
         (a, x), (b, y) = runs
         print(f"| {side}² | {image.numel() * 4 / 2**20:.0f} | {a.seconds:.1f}, +{a.delta_bytes / 2**20:.0f} | "
               f"{b.seconds:.1f}, +{b.delta_bytes / 2**20:.0f} | {a.delta_bytes / max(1, b.delta_bytes):.2f}× | "

@@ -27,7 +27,7 @@ class DPIRColourFix:
         }}
 
     @staticmethod
-    def _uncropped(content, style):
+    def _without_padding(content, style):
         h, w = style.shape[-2:]
         ch, cw = content.shape[-2:]
         if ch >= h and cw >= w and ch - h < 16 and cw - w < 16:  # the encoder's padding
@@ -36,10 +36,10 @@ class DPIRColourFix:
 
     def fix(self, image, lq_image, method):
         if method != "wavelet":  # whole-image statistics: on clamped (B, 3, H, W) copies
-            content, style = self._uncropped(to_bchw(image, "image"), to_bchw(lq_image, "LQ image"))
+            content, style = self._without_padding(to_bchw(image, "image"), to_bchw(lq_image, "LQ image"))
             return (to_bhwc(colour_fix(content, style, method)),)
         # the default streams strips of the inputs into the output IMAGE: no image-size copies (0.8 GB each at 8K)
-        content, style = self._uncropped(bchw_view(image, "image"), bchw_view(lq_image, "LQ image"))
+        content, style = self._without_padding(bchw_view(image, "image"), bchw_view(lq_image, "LQ image"))
         out = torch.empty((content.shape[0], *content.shape[-2:], 3), dtype=torch.float32, device=content.device)
         wavelet_colour_fix(content, style, out=out.movedim(-1, 1))
         return (out,)
@@ -47,7 +47,7 @@ class DPIRColourFix:
     def fix_with_preview(self, image, lq_image, method):
         """``fix`` plus the before/after view's images (web/js/dpir_compare.js); the outputs are the same."""
         out = self.fix(image, lq_image, method)
-        return {"ui": compare_ui(bchw_view(lq_image, "LQ image").movedim(1, -1), out[0]), "result": out}
+        return {"ui": compare_ui(lq_image, out[0]), "result": out}  # fix checked it; the PNGs take any layout
 
 
 NODE_CLASS_MAPPINGS = {"DPIRColourFix": DPIRColourFix}
